@@ -1,0 +1,108 @@
+"""What every task hands the worker: three labelled splits held as tensors, and how to batch them.
+
+Data stays in memory as tensors (uint8 images, token ids, floats) and batches are gathered by
+index, so the worker needs no DataLoader and augmentation is a deterministic function of
+(seed, epoch, sample index) -- which makes teacher logits cacheable per augmented view.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+Inputs = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Split:
+    features: dict[str, torch.Tensor]  # each (N, ...) on the CPU
+    labels: torch.Tensor  # (N,) int64 class ids, or float32 targets for regression
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: torch.Tensor) -> "Split":
+        return Split({k: v[idx] for k, v in self.features.items()}, self.labels[idx])
+
+
+@dataclass(frozen=True)
+class TaskData:
+    name: str
+    num_labels: int  # 1 for a regression head (STS-B)
+    metric: str  # the validation metric that picks checkpoints, higher is better
+    train: Split
+    val: Split  # held out of the training data: model selection only
+    test: Split  # the reported set (GLUE dev, CIFAR test); never used to select
+    # (features of a batch, on the device) -> model inputs; `augment` is None for eval batches
+    to_inputs: Callable[[dict[str, torch.Tensor], "Augment | None"], Inputs]
+    extra_tests: dict[str, Split] = field(default_factory=dict)  # e.g. MNLI mismatched
+    augments: bool = False  # whether training batches differ per epoch (teacher logits per epoch)
+    info: dict[str, str] = field(default_factory=dict)  # e.g. tokenizer path, label names
+
+    @property
+    def is_regression(self) -> bool:
+        return self.num_labels == 1
+
+    def batch(self, split: Split, idx: torch.Tensor, device: torch.device,
+              augment: "Augment | None" = None) -> tuple[Inputs, torch.Tensor]:
+        feats = {k: v[idx].to(device, non_blocking=True) for k, v in split.features.items()}
+        return self.to_inputs(feats, augment), split.labels[idx].to(device, non_blocking=True)
+
+    def fingerprint(self) -> str:
+        """Hash of the training data as the teacher sees it: keys caches so stale logits never match."""
+        h = hashlib.sha256(self.name.encode())
+        for k in sorted(self.train.features):
+            h.update(k.encode())
+            h.update(self.train.features[k].contiguous().numpy().tobytes())
+        h.update(self.train.labels.contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Which views to draw: a pure function of (seed, epoch) and the sample indices of the batch."""
+    seed: int
+    epoch: int
+    indices: torch.Tensor  # (B,) positions in the training split
+
+    def uniform(self, n_draws: int, device: torch.device) -> torch.Tensor:
+        """(B, n_draws) floats in [0, 1), the same for a sample whatever batch it lands in."""
+        # A counter-based hash (splitmix64-style) of (seed, epoch, index, draw): no generator state,
+        # so a view does not depend on the batch order, the rank or the device.
+        i = self.indices.to(device=device, dtype=torch.int64)[:, None]
+        d = torch.arange(n_draws, device=device, dtype=torch.int64)[None, :]
+        x = (i * 0x9E3779B1 + d * 0x85EBCA77 + (self.seed * 1_000_003 + self.epoch) * 0xC2B2AE3D) & 0x7FFFFFFF
+        x = (x ^ (x >> 15)) * 0x2C1B3C6D & 0x7FFFFFFF
+        x = (x ^ (x >> 12)) * 0x297A2D39 & 0x7FFFFFFF
+        x = x ^ (x >> 15)
+        return (x & 0xFFFFFF).to(torch.float32) / float(1 << 24)
+
+
+def split_off(split: Split, fraction: float, seed: int = 0, stratify: bool = True) -> tuple[Split, Split]:
+    """Hold `fraction` of `split` out (stratified by label for classification), deterministically."""
+    g = torch.Generator().manual_seed(seed)
+    labels = split.labels
+    if stratify and not labels.is_floating_point():
+        held = []
+        for c in labels.unique():
+            members = (labels == c).nonzero().squeeze(1)
+            members = members[torch.randperm(len(members), generator=g)]
+            held.append(members[: max(1, round(len(members) * fraction))])
+        held_idx = torch.cat(held).sort().values
+    else:
+        perm = torch.randperm(len(labels), generator=g)
+        held_idx = perm[: max(1, round(len(labels) * fraction))].sort().values
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[held_idx] = False
+    return split.subset(keep.nonzero().squeeze(1)), split.subset(held_idx)
+
+
+def take(split: Split, n: int | None, seed: int = 0) -> Split:
+    """A deterministic random subset of at most n samples (all when n is None)."""
+    if n is None or n >= len(split):
+        return split
+    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return split.subset(idx)
