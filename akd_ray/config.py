@@ -115,7 +115,9 @@ class TrainSpec(Frozen):
 class TeacherSpec(Frozen):
     model: ModelSpec
     prepare: Literal["train", "load"] = Field(
-        "train", description="train: fit on the task (fine-tune if pretrained); load: use `model` as is")
+        "train", description="train: fit on the task (fine-tune if pretrained); load: use a trained model")
+    path: Path | None = Field(None, description="load: a folder saved by akd-ray (or a fine-tuned hf "
+                                                "folder); None with kind hf: model.path is the teacher")
     train: TrainSpec = TrainSpec()
     checkpoints: int = Field(4, ge=1, description="training snapshots kept for Pro-KD")
 
@@ -183,6 +185,9 @@ class Study(Frozen):
             raise ValueError("search.trials has 'takd' but no `assistant` model is given")
         if "prokd" in self.search.trials and any(t.prepare != "train" for t in self.teachers.values()):
             raise ValueError("search.trials has 'prokd', which needs teachers with prepare: train (their checkpoints)")
+        for name, t in self.teachers.items():
+            if t.prepare == "load" and t.path is None and t.model.kind != "hf":
+                raise ValueError(f"teachers.{name}: prepare: load needs `path` to a trained model")
         return self
 
     @property
@@ -202,8 +207,11 @@ class RunConfig(Frozen):
     assistant_model: ModelSpec | None = None
     method: Literal[METHODS]  # type: ignore[valid-type]
     train: TrainSpec = TrainSpec()
-    seed: int = 0
-    cache_dir: Path | None = Field(None, description="shared teacher-logit cache; None: no cache")
+    seed: int = Field(0, description="student init and batch order")
+    augment_seed: int = Field(0, description="which augmented views: shared by a study's trials so "
+                                             "cached teacher logits apply to all of them")
+    tokenizer: str | None = Field(None, description="GLUE: tokenizer folder; None: the teacher's")
+    cache_dir: Path | None = Field(None, description="shared teacher-logit cache; None: in memory only")
 
     @model_validator(mode="after")
     def _method_needs(self) -> "RunConfig":
@@ -306,6 +314,11 @@ def _resolve_paths(study: Study, path: Path) -> Study:
             if not local.exists():
                 raise ConfigError(f"{path}: teachers.{name}.model.path: no such folder {local}")
             t = t.model_copy(update={"model": t.model.model_copy(update={"path": str(local)})})
+        if t.path is not None:
+            local = resolve(t.path)
+            if not local.exists():
+                raise ConfigError(f"{path}: teachers.{name}.path: no such folder {local}")
+            t = t.model_copy(update={"path": local})
         teachers[name] = t
     students = {}
     for name, s in study.students.items():

@@ -1,0 +1,162 @@
+"""CIFAR-10 and CIFAR-100 as uint8 tensors, with batched pad-4 crop + flip on the device (airbench-style).
+
+Two sources:
+- `task.data_dir` set: a local ImageFolder tree `train/<class>/*` and `test/<class>/*` (any format
+  PIL reads). Class folders in alphabetical order are the label ids, which is the official order for
+  both CIFAR-10 and CIFAR-100. Decoded once per load (6,000 32x32 JPEGs: about 1 s), no cache.
+- `task.data_dir` None: torchvision's CIFAR10/CIFAR100 downloaded into `task.download_dir`.
+
+Validation is held out of the official training split (stratified, fixed seed so every trial and
+teacher sees the same split); the official test split is the reported set.
+
+Augmentation is the papers' (TAKD, Annealing-KD: torchvision `RandomCrop(32, padding=4)` then
+`RandomHorizontalFlip()`): zero padding in pixel space (black borders, before normalisation), a
+random 32x32 window of the 40x40 padded image, then a horizontal flip with probability 1/2. The
+offsets and the flip come from `Augment.uniform`, so a view depends on (seed, epoch, sample index)
+only, never on the batch it lands in.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from akd_ray.config import TaskSpec
+from akd_ray.tasks.base import Augment, Inputs, Split, TaskData, split_off, take
+
+PAD = 4  # pixels of zero padding on each side before the random crop
+# per-channel mean and std of the training images in [0, 1]
+STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+VAL_SEED = 0  # the validation split never moves with the run seed: teacher caches stay valid
+SAMPLE_SEED = 0  # which samples max_train_samples / max_eval_samples keep
+
+
+def load_cifar_task(spec: TaskSpec) -> TaskData:
+    if spec.name not in NUM_CLASSES:
+        raise ValueError(f"load_cifar_task handles cifar10 and cifar100, not {spec.name!r}")
+    if spec.data_dir is not None:
+        (train, test), classes = _from_image_folder(Path(spec.data_dir).expanduser(), spec.name)
+        source = str(spec.data_dir)
+    else:
+        (train, test), classes = _from_torchvision(spec.name, Path(spec.download_dir).expanduser())
+        source = f"torchvision:{spec.download_dir}"
+    train, val = split_off(train, spec.val_fraction, seed=VAL_SEED)
+    return TaskData(
+        name=spec.name, num_labels=NUM_CLASSES[spec.name], metric="accuracy",
+        train=take(train, spec.max_train_samples, seed=SAMPLE_SEED),
+        val=take(val, spec.max_eval_samples, seed=SAMPLE_SEED),
+        test=take(test, spec.max_eval_samples, seed=SAMPLE_SEED),
+        to_inputs=CifarInputs(spec.name), augments=spec.augment,
+        info={"classes": ",".join(classes), "source": source},
+    )
+
+
+# ---------------------------------------------------------------------------------------- on the device
+class CifarInputs:
+    """`TaskData.to_inputs`: uint8 (B, 3, H, W) -> {"x": normalised float32, channels_last}.
+
+    A plain class (not a closure) so the task pickles into Ray workers.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, feats: dict[str, torch.Tensor], augment: Augment | None) -> Inputs:
+        x = feats["x"]
+        if augment is not None:
+            u = augment.uniform(3, x.device)  # (B, 3): row offset, column offset, flip
+            offsets = (u[:, :2] * (2 * PAD + 1)).long()  # 0 .. 2*PAD, each equally likely
+            x = crop_flip(x, offsets, u[:, 2] < 0.5, PAD)
+        scale, shift = _affine(self.name, x.device)
+        x = torch.addcmul(shift, x.float(), scale)  # (x / 255 - mean) / std in one pass
+        return {"x": x.contiguous(memory_format=torch.channels_last)}
+
+
+def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flip: torch.Tensor, pad: int) -> torch.Tensor:
+    """Per-sample crops of the zero-padded images, then per-sample horizontal flips; one gather.
+
+    x: (B, C, H, W); offsets: (B, 2) ints in [0, 2*pad], the (row, column) of the window's top-left
+    corner in the padded (H + 2*pad, W + 2*pad) image; flip: (B,) bool. Returns (B, C, H, W).
+    """
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # zeros
+    rows = offsets[:, 0, None] + torch.arange(h, device=x.device)  # (B, H)
+    cols = torch.arange(w, device=x.device).expand(b, w)
+    cols = offsets[:, 1, None] + torch.where(flip[:, None], w - 1 - cols, cols)  # (B, W)
+    return padded[torch.arange(b, device=x.device)[:, None, None, None],
+                  torch.arange(c, device=x.device)[None, :, None, None],
+                  rows[:, None, :, None], cols[:, None, None, :]]
+
+
+@functools.lru_cache(maxsize=None)
+def _affine(name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), each (1, 3, 1, 1) on `device`: normalised = pixel * scale + shift."""
+    mean, std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in STATS[name])
+    return (1 / (255 * std)).to(device), (-mean / std).to(device)
+
+
+# ---------------------------------------------------------------------------------------- sources
+def _from_image_folder(root: Path, name: str) -> tuple[tuple[Split, Split], list[str]]:
+    splits, classes = [], None
+    for part in ("train", "test"):
+        x, y, found, _ = read_image_folder(root / part)
+        if classes is not None and found != classes:
+            raise ValueError(f"{root}: train/ and test/ have different class folders")
+        classes = found
+        splits.append(Split({"x": x}, y))
+    if len(classes) != NUM_CLASSES[name]:
+        raise ValueError(f"{root}: {name} has {NUM_CLASSES[name]} classes, found {len(classes)} class folders")
+    return (splits[0], splits[1]), classes
+
+
+def read_image_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor, list[str], list[Path]]:
+    """An ImageFolder tree -> (uint8 (N, 3, 32, 32), int64 labels, class names, files), sorted by class then file."""
+    from PIL import Image
+
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder (task.data_dir needs train/<class>/ and test/<class>/)")
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files, labels = [], []
+    for label, cls in enumerate(classes):
+        members = sorted(f for f in (folder / cls).iterdir() if f.is_file() and not f.name.startswith("."))
+        files += members
+        labels += [label] * len(members)
+    if not files:
+        raise ValueError(f"{folder}: no images in class folders")
+    images = np.empty((len(files), 32, 32, 3), dtype=np.uint8)
+    for i, f in enumerate(files):
+        with Image.open(f) as im:
+            a = np.asarray(im.convert("RGB"))
+        if a.shape != (32, 32, 3):
+            raise ValueError(f"{f}: expected a 32x32 image, got {a.shape[1]}x{a.shape[0]}")
+        images[i] = a
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    return x, torch.tensor(labels, dtype=torch.int64), classes, files
+
+
+def _from_torchvision(name: str, root: Path) -> tuple[tuple[Split, Split], list[str]]:
+    import torchvision
+    from filelock import FileLock  # concurrent trials must not download into the same folder at once
+
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    root.mkdir(parents=True, exist_ok=True)
+    splits = []
+    with FileLock(str(root / f".{name}.lock")):
+        for train in (True, False):
+            try:
+                ds = cls(root=str(root), train=train, download=True)
+            except Exception as e:  # urllib/SSL/integrity errors: say what to do instead
+                raise RuntimeError(
+                    f"could not download {name} into {root} ({type(e).__name__}: {e}). Without internet, "
+                    f"put the official archive there or set task.data_dir to a local ImageFolder copy "
+                    f"(train/<class>/*, test/<class>/*)") from e
+            x = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> NCHW
+            splits.append(Split({"x": x}, torch.tensor(ds.targets, dtype=torch.int64)))
+    return (splits[0], splits[1]), list(ds.classes)
