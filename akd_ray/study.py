@@ -1,0 +1,391 @@
+"""Studies on Ray: prepare teachers, search each teacher-student pair with Optuna through Ray Tune,
+confirm the picks over seeds, and hand every result to the tracking module.
+
+    study file -> Study -> PairedSearch (one OptunaSearch per pair and method) -> trials
+    trial: one run_distillation, reported to Tune every epoch with a resumable checkpoint;
+           with resources.workers > 1 the trial wraps a Ray Train TorchTrainer (DDP) instead --
+           single-worker trials skip the extra worker group, which costs seconds per trial.
+
+Re-running a study resumes it: each phase is a Tune experiment under the study's storage, restored
+with `Tuner.restore`, so finished trials are never run again.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import ray
+import torch
+from optuna.samplers import TPESampler
+from ray import tune
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from akd_ray.config import ConfigError, RunConfig, Study, TrainSpec
+from akd_ray.method.schedules import stage_split, step_period
+from akd_ray.space import Space, define_by_run, load_space
+
+METRIC, MODE = "val_best", "max"  # best-so-far validation metric: comparable across stages (ASHA)
+IDENTITY = ("teacher", "student", "method", "phase", "seed")  # fixed per trial, never searched
+CONFIRMED = ("annealing", "kd", "scratch")  # re-run over seeds: the picks and their baselines
+STATE_FILE = "state.pt"
+STUDENT_DIR = "student"
+
+
+# ---------------------------------------------------------------------------------------- layout
+@dataclass(frozen=True)
+class Layout:
+    """Where a study keeps its things, under `<storage>/<name>/`."""
+    root: Path
+
+    @classmethod
+    def of(cls, study: Study) -> "Layout":
+        return cls(Path(study.storage).expanduser().resolve() / study.name)
+
+    teachers = property(lambda self: self.root / "teachers")
+    cache = property(lambda self: self.root / "cache")
+    tune = property(lambda self: self.root / "tune")
+    report = property(lambda self: self.root / "report")
+
+
+# ---------------------------------------------------------------------------------------- validation
+def validate(study: Study) -> Space:
+    """Everything that can be checked before Ray starts: the space, and the space against the study."""
+    space = load_space(study.search.space)
+    where = f"{study.source}"
+    for method in study.search.methods:
+        params = space.for_method(method)
+        if method in ("annealing", "prokd"):
+            train = study.train
+            taus = params["tau_max"].values() if "tau_max" in params else [train.tau_max]
+            fractions = params["stage1_fraction"].values() if "stage1_fraction" in params else [train.stage1_fraction]
+            epochs = params["epochs"].values() if "epochs" in params else [train.epochs]
+            shapes = params["schedule"].values() if "schedule" in params else [train.schedule]
+            if "step" in shapes:
+                first = min(stage_split(int(e), f)[0] for e in epochs for f in fractions)
+                if step_period(first, int(max(taus))) < 1:
+                    raise ConfigError(
+                        f"{where}: train.epochs/stage1_fraction leave {first} stage-I epoch(s), fewer than "
+                        f"tau_max up to {max(taus)} (search space {space.source}): the step schedule needs "
+                        f"one epoch per temperature; raise train.epochs or lower tau_max's high")
+    for point in study.search.warm_start:
+        unknown = set(point) - set(TrainSpec.model_fields)
+        if unknown:
+            raise ConfigError(f"{where}: search.warm_start: unknown field(s) {sorted(unknown)}")
+    return space
+
+
+def check_resources(study: Study) -> int:
+    """Fail before any trial when one trial needs more than the cluster has; return max concurrency."""
+    r = study.resources
+    have = ray.cluster_resources()
+    need_cpu, need_gpu = r.workers * r.cpus_per_worker, r.workers * r.gpus_per_worker
+    cpus, gpus = have.get("CPU", 0), have.get("GPU", 0)
+    if need_gpu > gpus:
+        raise ConfigError(f"{study.source}: resources: a trial needs {need_gpu:g} GPU(s) "
+                          f"({r.workers} workers x {r.gpus_per_worker:g}) but the cluster has {gpus:g}")
+    if need_cpu > cpus:
+        raise ConfigError(f"{study.source}: resources: a trial needs {need_cpu:g} CPU(s) "
+                          f"({r.workers} workers x {r.cpus_per_worker:g}) but the cluster has {cpus:g}")
+    # A Train-wrapped trial also holds a CPU for its driver: cap concurrency so drivers cannot
+    # take the CPUs their own workers wait for.
+    per_trial_cpu = need_cpu + (1 if r.workers > 1 else 0)
+    fits = math.floor(cpus / per_trial_cpu)
+    if need_gpu:
+        fits = min(fits, math.floor(gpus / need_gpu))
+    return max(1, min(fits, r.max_concurrent or fits))
+
+
+# ---------------------------------------------------------------------------------------- search
+class PairedSearch(Searcher):
+    """One OptunaSearch per (teacher, student, method): each group gets exactly its trial budget.
+
+    Suggestions go round-robin to the group with the fewest trials so far, so every pair advances
+    together and an interrupted study has covered all pairs evenly.
+    """
+
+    def __init__(self, study: Study, space: Space):
+        super().__init__(metric=METRIC, mode=MODE)
+        self.groups: dict[tuple[str, str, str], OptunaSearch] = {}
+        self.budget: dict[tuple[str, str, str], int] = {}
+        self.started: dict[tuple[str, str, str], int] = {}
+        self.owner: dict[str, tuple[str, str, str]] = {}
+        for i, (teacher, student) in enumerate(study.pairs):
+            for j, method in enumerate(study.search.methods):
+                params = space.for_method(method)
+                warm = [{k: v for k, v in p.items() if k in params} for p in study.search.warm_start]
+                key = (teacher, student, method)
+                self.groups[key] = OptunaSearch(
+                    space=define_by_run(space, method), metric=METRIC, mode=MODE,
+                    sampler=TPESampler(seed=study.seed + 1000 * i + j, multivariate=True),
+                    points_to_evaluate=[p for p in warm if p] or None)
+                self.budget[key] = study.search.trials[method]
+                self.started[key] = 0
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        open_groups = [k for k in self.groups if self.started[k] < self.budget[k]]
+        if not open_groups:
+            return Searcher.FINISHED
+        key = min(open_groups, key=lambda k: self.started[k])
+        params = self.groups[key].suggest(trial_id)
+        if params is None:
+            return None
+        self.started[key] += 1
+        self.owner[trial_id] = key
+        teacher, student, method = key
+        return {"teacher": teacher, "student": student, "method": method, "phase": "search", **params}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self.owner:
+            self.groups[self.owner[trial_id]].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self.owner:
+            self.groups[self.owner[trial_id]].on_trial_complete(trial_id, result, error)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+# ---------------------------------------------------------------------------------------- trials
+def run_config(study: Study, config: dict[str, Any], teacher_dirs: dict[str, Path]) -> RunConfig:
+    """The RunConfig of one trial: the study's defaults with the trial's searched values on top."""
+    train = study.train.model_copy(update={k: v for k, v in config.items() if k not in IDENTITY})
+    teacher_dir = teacher_dirs[config["teacher"]]
+    return RunConfig(
+        study=study.name, task=study.task, teacher=config["teacher"], teacher_dir=teacher_dir,
+        student=config["student"], student_model=study.students[config["student"]],
+        assistant_model=study.assistant, method=config["method"], train=TrainSpec.model_validate(train.model_dump()),
+        seed=config.get("seed", study.seed), augment_seed=study.seed, cache_dir=Layout.of(study).cache)
+
+
+def fit(run: RunConfig, report: Callable, get_checkpoint: Callable, checkpoint_cls: type,
+        is_chief: bool = True) -> None:
+    """Run the engine under Tune or Train: report each epoch with a resumable checkpoint, then the
+    final metrics with the best student. `report`/`get_checkpoint` come from ray.tune or ray.train."""
+    from akd_ray.engine import run_distillation
+
+    resume = None
+    checkpoint = get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            if (Path(d) / STATE_FILE).exists():
+                resume = torch.load(Path(d) / STATE_FILE, weights_only=False, map_location="cpu")
+
+    def on_epoch(metrics: dict, state: Callable[[], dict]) -> None:
+        if not is_chief:
+            return report(metrics)
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state(), Path(d) / STATE_FILE)
+            report(metrics, checkpoint=checkpoint_cls.from_directory(d))
+
+    with tempfile.TemporaryDirectory() as d:
+        result = run_distillation(run, on_epoch=on_epoch, resume=resume,
+                                  save_dir=Path(d) / STUDENT_DIR if is_chief else None)
+        final = {**result, "final": 1, METRIC: result["val_best"]}
+        if is_chief:
+            report(final, checkpoint=checkpoint_cls.from_directory(d))
+        else:
+            report(final)
+
+
+def _train_worker(config: dict) -> None:
+    """Ray Train's per-worker loop: the same `fit`, DDP set up by TorchTrainer."""
+    import ray.train
+
+    fit(config["run"], ray.train.report, ray.train.get_checkpoint, ray.train.Checkpoint,
+        is_chief=ray.train.get_context().get_world_rank() == 0)
+
+
+def trial(config: dict, study: Study, teacher_dirs: dict[str, Path]) -> None:
+    """A Tune function trainable: one trial of the study."""
+    run = run_config(study, config, teacher_dirs)
+    r = study.resources
+    if r.workers == 1:
+        return fit(run, tune.report, tune.get_checkpoint, tune.Checkpoint)
+
+    from ray.train import FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = tune.get_context().get_trial_id()
+    trainer = TorchTrainer(
+        _train_worker, train_loop_config={"run": run},
+        scaling_config=ScalingConfig(num_workers=r.workers, use_gpu=r.gpus_per_worker > 0,
+                                     resources_per_worker={"CPU": r.cpus_per_worker,
+                                                           **({"GPU": r.gpus_per_worker} if r.gpus_per_worker else {})}),
+        # the trial id in the name: a restarted trial finds its own Train checkpoints
+        run_config=TrainRunConfig(name=f"train-{trial_id}", storage_path=str(Layout.of(study).tune),
+                                  failure_config=FailureConfig(max_failures=r.max_failures),
+                                  callbacks=[TuneReportCallback()]))
+    trainer.fit()
+
+
+class Points(Searcher):
+    """Fixed configurations in order (the confirmation re-runs), resumable like any searcher."""
+
+    def __init__(self, points: list[dict]):
+        super().__init__(metric=METRIC, mode=MODE)
+        self.points, self.next = points, 0
+
+    def suggest(self, trial_id: str) -> dict | str:
+        if self.next >= len(self.points):
+            return Searcher.FINISHED
+        self.next += 1
+        return self.points[self.next - 1]
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+# ---------------------------------------------------------------------------------------- driver
+def prepare_teachers(study: Study) -> dict[str, Path]:
+    """Each teacher trained (or loaded) once, as a Ray task with one trial's resources."""
+    from akd_ray.teacher import prepare_teacher
+
+    r = study.resources
+    remote = ray.remote(prepare_teacher).options(num_cpus=r.cpus_per_worker, num_gpus=min(1, r.gpus_per_worker))
+    refs = {name: remote.remote(name, spec, study.task, Layout.of(study).root, study.seed)
+            for name, spec in study.teachers.items()}
+    return {name: Path(ray.get(ref)) for name, ref in refs.items()}
+
+
+def run_phase(study: Study, phase: str, searcher: Searcher, num_samples: int, teacher_dirs: dict[str, Path],
+              callbacks: list, max_concurrent: int) -> tune.ResultGrid:
+    r = study.resources
+    per_trial = ({"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker} if r.workers == 1 else {"cpu": 1})
+    trainable = tune.with_resources(tune.with_parameters(trial, study=study, teacher_dirs=teacher_dirs), per_trial)
+    path = Layout.of(study).tune / phase
+    if tune.Tuner.can_restore(str(path)):  # a re-run resumes: finished trials stay finished
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=False, restart_errored=False)
+        return tuner.fit()
+    scheduler = None
+    if study.search.scheduler == "asha" and phase == "search":
+        from ray.tune.schedulers import ASHAScheduler
+        scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=study.search.grace_period,
+                                  max_t=study.train.epochs + 1)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, metric=METRIC, mode=MODE, num_samples=num_samples,
+                                    scheduler=scheduler, max_concurrent_trials=max_concurrent),
+        run_config=tune.RunConfig(
+            name=phase, storage_path=str(Layout.of(study).tune), callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=r.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            verbose=int(os.environ.get("AKD_RAY_VERBOSE", "1"))))
+    return tuner.fit()
+
+
+def trial_rows(grid: tune.ResultGrid) -> list[dict]:
+    """One row per trial: who/what (identity), the searched params, final metrics or the error."""
+    rows = []
+    for result in grid:
+        m, config = result.metrics or {}, result.config or {}
+        finished = bool(m.get("final"))
+        rows.append({
+            **{k: config.get(k) for k in IDENTITY},
+            "params": {k: v for k, v in config.items() if k not in IDENTITY},
+            **{k: v for k, v in m.items() if k.startswith("test_") or k in
+               ("val_best", "best_epoch", "student_parameters", "time_total_s", "trial_id")},
+            "finished": finished,
+            "error": str(result.error) if result.error else None,
+            "checkpoint": result.checkpoint.path if result.checkpoint and finished else None,
+        })
+    return rows
+
+
+def confirmation_points(study: Study, rows: list[dict]) -> list[dict]:
+    """The best config of each pair's annealing, KD and scratch runs, once per confirmation seed."""
+    points = []
+    for teacher, student in study.pairs:
+        for method in CONFIRMED:
+            done = [r for r in rows if (r["teacher"], r["student"], r["method"]) == (teacher, student, method)
+                    and r["finished"]]
+            if not done:
+                continue
+            best = max(done, key=lambda r: r[METRIC])
+            for s in range(1, study.search.confirm_seeds + 1):
+                points.append({"teacher": teacher, "student": student, "method": method, "phase": "confirm",
+                               "seed": study.seed + s, **best["params"]})
+    return points
+
+
+@dataclass
+class StudyResult:
+    rows: list[dict]
+    layout: Layout
+    tracking_uri: str
+    report_files: list[Path]
+
+
+def run_study(study: Study, address: str | None = None) -> StudyResult:
+    """Run (or resume) a whole study: validate, start Ray, teachers, search, confirm, track, report."""
+    from akd_ray import report as reports
+    from akd_ray import tracking
+
+    validate(study)
+    # one checkpoint per epoch is by design (resumable trials): Tune's warning about it is noise
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    uri = tracking.tracking_uri(study)
+    tracking.check_reachable(uri)  # before any trial or run exists
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))}})
+    try:
+        max_concurrent = check_resources(study)
+        layout = Layout.of(study)
+        layout.root.mkdir(parents=True, exist_ok=True)
+        parent = tracking.start_study(study, Path(study.source).read_text() if study.source else "",
+                                      Path(study.search.space).read_text())
+        teacher_dirs = prepare_teachers(study)
+        from akd_ray.teacher import teacher_info
+        tracking.log_teacher_fingerprints(parent, {n: teacher_info(d)["fingerprint"] for n, d in teacher_dirs.items()})
+        callback = tracking.MlflowCallback(study, parent)
+
+        space = validate(study)
+        total = sum(study.search.trials[m] for m in study.search.methods) * len(study.pairs)
+        rows = trial_rows(run_phase(study, "search", PairedSearch(study, space), total, teacher_dirs,
+                                    [callback], max_concurrent))
+        points = confirmation_points(study, rows)
+        if points:
+            rows += trial_rows(run_phase(study, "confirm", Points(points), len(points), teacher_dirs,
+                                         [callback], max_concurrent))
+        callback.flush()
+
+        if study.mlflow.register_best:
+            from akd_ray.tasks import load_task
+            task = None
+            for teacher, student in study.pairs:
+                done = [r for r in rows if r["teacher"] == teacher and r["student"] == student and r["checkpoint"]]
+                if not done:
+                    continue
+                best = max(done, key=lambda r: r[METRIC])
+                task = task or load_task(study.task, str(teacher_dirs[teacher]))
+                tracking.register_best(study, (teacher, student), callback.run_id(best["trial_id"]),
+                                       Path(best["checkpoint"]) / STUDENT_DIR, task)
+        files = reports.write_report(study, rows, layout.report)
+        tracking.log_report(parent, files)
+        return StudyResult(rows, layout, uri, files)
+    finally:
+        if started_ray:
+            ray.shutdown()
