@@ -81,7 +81,7 @@ class TaskSpec(Frozen):
     download_dir: Path = Field(Path("~/.cache/akd-ray/data"), description="where torchvision downloads go")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="held out of train for model selection")
     max_train_samples: int | None = Field(None, ge=1)
-    max_eval_samples: int | None = Field(None, ge=1)
+    max_eval_samples: int | None = Field(None, ge=1, description="caps val and test (quick runs)")
     max_seq_length: int = Field(128, ge=8)
     augment: bool = Field(True, description="pad-4 crop + flip on image tasks; ignored elsewhere")
 
@@ -281,7 +281,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def load_study(path: str | os.PathLike, overrides: list[str] = ()) -> Study:
     """Parse and validate a study file (and its search space) into a frozen `Study`; start nothing."""
     path = Path(path)
-    data = apply_overrides(read_yaml(path), list(overrides))
+    data = read_yaml(path)
+    try:
+        data = apply_overrides(data, list(overrides))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     data["source"] = str(path.resolve())
     try:
         study = Study.model_validate(data)

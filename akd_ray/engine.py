@@ -249,9 +249,9 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
             state["epoch"] = epoch + 1
             state["history"].append(metrics)
             if on_epoch is not None:
-                on_epoch(metrics, lambda: {**state, "model": unwrap(wrapped).state_dict(),
-                                           "optimizer": optimizer.state_dict(),
-                                           "scheduler": scheduler.state_dict()})
+                on_epoch(metrics, lambda: copy.deepcopy({  # a snapshot: training goes on in place
+                    **state, "model": unwrap(wrapped).state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict()}))
 
     # -- test the checkpoint that validation picked ---------------------------------------------
     best = unwrap(wrapped)

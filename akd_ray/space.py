@@ -50,6 +50,8 @@ class Param(Frozen):
                 raise ValueError("`step` and `log` cannot be combined")
             if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
                 raise ValueError(f"int needs whole bounds, got {self.low}..{self.high}")
+            if self.type == "int" and self.step is not None and self.step != int(self.step):
+                raise ValueError(f"int needs a whole `step`, got {self.step}")
             if self.choices is not None:
                 raise ValueError(f"{self.type} takes low/high, not `choices`")
         if not self.methods:

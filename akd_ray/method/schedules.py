@@ -64,11 +64,11 @@ def exp_temperature(p: float, tau_max: float, decay: float) -> float:
 
 def temperature(shape: str, epoch: int, epochs: int, tau_max: float, decay: float = 3.0) -> float:
     """T for stage-I `epoch` (0-based) of `epochs`, under schedule `shape`."""
+    p = progress(epoch, epochs)  # also rejects an epoch outside stage I, for every shape
     if shape == "step":
         if tau_max != int(tau_max):
             raise ValueError(f"step schedule needs an integer tau_max, got {tau_max}")
         return float(step_temperature(epoch, epochs, int(tau_max)))
-    p = progress(epoch, epochs)
     if shape == "linear":
         return linear_temperature(p, tau_max)
     if shape == "cosine":

@@ -18,7 +18,7 @@ def load_digits_task(spec: TaskSpec) -> TaskData:
     train, val = split_off(rest, spec.val_fraction, seed=1)
     return TaskData(
         name=spec.name, num_labels=10, metric="accuracy",
-        train=take(train, spec.max_train_samples), val=val, test=take(test, spec.max_eval_samples),
+        train=take(train, spec.max_train_samples), val=take(val, spec.max_eval_samples), test=take(test, spec.max_eval_samples),
         to_inputs=_inputs,
     )
 

@@ -238,7 +238,7 @@ def load_glue_task(spec: TaskSpec, tokenizer_path: str) -> TaskData:
         num_labels=1 if fmt.classes is None else len(fmt.classes),
         metric=primary_metric(spec.name),
         train=tokenized("train", train),
-        val=tokenized("train", val),
+        val=tokenized("train", take(val, spec.max_eval_samples, seed=SPLIT_SEED)),
         test=tokenized("test", evals["test"]),
         to_inputs=to_inputs,
         extra_tests={name: tokenized(name, rows) for name, rows in evals.items() if name != "test"},

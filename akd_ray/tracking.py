@@ -1,0 +1,643 @@
+"""MLflow, in one module: the study's experiment and parent run, one child run per Tune trial, the
+best student of each pair as a registered model, and the report.
+
+    study   -> experiment `mlflow.experiment` (default: the study name)
+               parent run tagged `akd.study=<name>`: study file, search space, code version, teachers
+    trial   -> child run (`mlflow.parentRunId`, `akd.trial_id`): config as params, per-epoch metrics
+               at step = epoch, FINISHED / FAILED with the error in `akd.error`
+    pair    -> registered model `<study>-<teacher>-<student>`, alias `best`, a pyfunc on raw inputs
+
+Everything is idempotent by tag, so a resumed study or a restarted trial reuses its runs. Only the
+driver process calls this module. The trial callback never lets an unreachable server stop a study:
+failed calls stay buffered in memory, in order, and are retried on later callbacks and in `flush()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import logging
+import math
+import os
+import re
+import subprocess
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import mlflow
+import numpy as np
+import pandas as pd
+import requests
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE, MLFLOW_USER
+from ray.tune import Callback
+
+import akd_ray
+from akd_ray.config import HF_KINDS, Study, TaskSpec
+from akd_ray.models import SPEC_FILE, WEIGHTS_FILE, load_model, spec_of
+from akd_ray.tasks.base import Split, TaskData
+
+log = logging.getLogger(__name__)
+
+STUDY_TAG = "akd.study"  # on the parent run only: finds it again when a study resumes
+TRIAL_TAG = "akd.trial_id"  # on each child run: finds it again when a trial restarts
+ERROR_TAG = "akd.error"
+OUTCOME_TAG = "akd.outcome"  # finished | stopped (by the scheduler, no final result) | failed
+ALIAS = "best"
+STUDENT_ARTIFACT = "student"
+# Tune's own bookkeeping in every result: not metrics of the run
+TUNE_KEYS = {"timestamp", "pid", "done", "time_this_iter_s", "time_since_restore", "iterations_since_restore",
+             "date", "hostname", "node_ip", "trial_id", "experiment_tag", "should_checkpoint",
+             "checkpoint_dir_name", "config"}
+# MLflow's limits: values longer than these are rejected, batches larger than these too
+MAX_PARAM_CHARS, MAX_TAG_CHARS, BATCH = 6000, 8000, 100
+# Error codes that retrying will not fix (a bad value, a conflict): drop the call with a warning
+PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST",
+             "INVALID_STATE", "PERMISSION_DENIED", "UNAUTHENTICATED", "MALFORMED_REQUEST"}
+# The text columns a GLUE model's pyfunc takes: the names the hub dataset `nyu-mll/glue` uses
+GLUE_COLUMNS = {"cola": ("sentence",), "sst2": ("sentence",), "mrpc": ("sentence1", "sentence2"),
+                "stsb": ("sentence1", "sentence2"), "qqp": ("question1", "question2"),
+                "mnli": ("premise", "hypothesis"), "qnli": ("question", "sentence"),
+                "rte": ("sentence1", "sentence2"), "wnli": ("sentence1", "sentence2")}
+
+
+class TrackingError(RuntimeError):
+    """MLflow cannot be used as the study asks; the message names the URI and what to do."""
+
+
+# ---------------------------------------------------------------------------------------- where
+def tracking_uri(study: Study) -> str:
+    """The study's MLflow: `mlflow.tracking_uri`, else a SQLite store under `<storage>/<name>/`."""
+    if study.mlflow.tracking_uri:
+        return study.mlflow.tracking_uri
+    # MLflow 3 deprecates the file store; SQLite keeps runs, metrics and the model registry offline
+    return f"sqlite:///{study_dir(study) / 'mlflow.db'}"
+
+
+def study_dir(study: Study) -> Path:
+    return Path(study.storage).expanduser().resolve() / study.name
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any trial runs, when a tracking server does not answer (or a store cannot be made)."""
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TrackingError(f"MLflow store {uri}: cannot create {folder} ({e}); set `storage` or "
+                                "`mlflow.tracking_uri` in the study file to a writable place") from None
+        return
+    if not uri.startswith(("http://", "https://")):
+        return  # databricks, file stores...: MLflow reports its own errors
+    health = uri.rstrip("/") + "/health"
+    try:
+        answer = requests.get(health, timeout=timeout)
+    except requests.RequestException as e:
+        raise TrackingError(
+            f"MLflow tracking server {uri} does not answer ({type(e).__name__}). Start it, e.g.\n"
+            f"  mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000\n"
+            f"or fix `mlflow.tracking_uri` in the study file, or remove it to track into a local SQLite "
+            f"store under the study's storage.") from None
+    if answer.status_code != 200:
+        raise TrackingError(f"{health} answered HTTP {answer.status_code}: is {uri} an MLflow tracking server? "
+                            "Fix `mlflow.tracking_uri` in the study file.")
+
+
+def client_for(uri: str | None = None) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri or mlflow.get_tracking_uri())
+
+
+# ---------------------------------------------------------------------------------------- the study
+def start_study(study: Study, study_file_text: str, space_file_text: str) -> str:
+    """The study's parent run id: created on the first start, the same run when the study resumes.
+
+    Also makes the study's tracking URI this process's default, so later calls find it.
+    """
+    uri = tracking_uri(study)
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    client = client_for(uri)
+    experiment_id = _experiment(client, study)
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{STUDY_TAG}` = '{study.name}'",
+                               order_by=["attributes.start_time ASC"], max_results=1)
+    tags = {
+        STUDY_TAG: study.name, "task": study.task.name,
+        "teachers": ", ".join(study.teachers), "students": ", ".join(study.students),
+        "methods": ", ".join(study.search.methods), MLFLOW_USER: _user(),
+        MLFLOW_RUN_NOTE: (f"Annealing-KD study `{study.name}` on {study.task.name}: "
+                          f"{len(study.pairs)} teacher-student pair(s), methods {', '.join(study.search.methods)}."),
+        **code_version(),
+    }
+    if study.source is not None:
+        tags["mlflow.source.name"] = str(study.source)
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")  # resumed
+        log.info("MLflow: resuming study run %s in experiment %s", run_id, experiment_id)
+    else:
+        run_id = client.create_run(experiment_id, run_name=study.name, tags=tags).info.run_id
+    _log_batch(client, run_id, tags=tags)  # the code may have moved on since the first start
+    client.log_text(run_id, study_file_text, "study.yaml")
+    client.log_text(run_id, space_file_text, "search_space.yaml")
+    client.log_text(run_id, study.model_dump_json(indent=2), "study.resolved.json")  # with every default
+    return run_id
+
+
+def finish_study(parent_run_id: str, status: str = "FINISHED") -> None:
+    """Mark the parent run FINISHED (or FAILED / KILLED) at the end of a study."""
+    client_for().set_terminated(parent_run_id, status=status)
+
+
+def _experiment(client: MlflowClient, study: Study) -> str:
+    name = study.mlflow.experiment or study.name
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        # the default SQLite store keeps artifacts beside it, not in ./mlruns of whatever the cwd is
+        location = None if study.mlflow.tracking_uri else (study_dir(study) / "mlartifacts").as_uri()
+        return client.create_experiment(name, artifact_location=location)
+    if experiment.lifecycle_stage == "deleted":
+        raise TrackingError(f"MLflow experiment {name!r} at {client.tracking_uri} was deleted. Restore it "
+                            f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) "
+                            "or set `mlflow.experiment` in the study file to a new name.")
+    return experiment.experiment_id
+
+
+def code_version() -> dict[str, str]:
+    """`mlflow.source.git.commit` (and whether the tree had uncommitted changes) of the package, else the cwd."""
+    for where in (Path(akd_ray.__file__).resolve().parent, Path.cwd()):
+        try:
+            sha = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True,
+                                 text=True, timeout=10)
+            if sha.returncode != 0:
+                continue
+            dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):  # no git installed, or it hangs
+            break
+        return {MLFLOW_GIT_COMMIT: sha.stdout.strip(), "akd.git.dirty": str(bool(dirty.stdout.strip())).lower()}
+    return {}
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (containers)
+        return "unknown"
+
+
+def log_teacher_fingerprints(parent_run_id: str, fingerprints: dict[str, str]) -> None:
+    """Which teacher weights the study distilled from: tags `teacher.<name>.fingerprint`."""
+    _log_batch(client_for(), parent_run_id, tags={f"teacher.{n}.fingerprint": fp for n, fp in fingerprints.items()})
+
+
+def log_report(parent_run_id: str, files: list[Path]) -> None:
+    """Attach the report (CSV, Markdown, plots; folders too) to the study run under `report/`."""
+    client = client_for()
+    for f in map(Path, files):
+        if f.is_dir():
+            client.log_artifacts(parent_run_id, str(f), f"report/{f.name}")
+        else:
+            client.log_artifact(parent_run_id, str(f), "report")
+
+
+def _log_batch(client: MlflowClient, run_id: str, metrics: list[Metric] = (), params: dict[str, Any] | None = None,
+               tags: dict[str, Any] | None = None) -> None:
+    """log_batch within MLflow's per-call limits."""
+    params = [Param(k, _clip(v, MAX_PARAM_CHARS)) for k, v in (params or {}).items()]
+    tags = [RunTag(k, _clip(v, MAX_TAG_CHARS)) for k, v in (tags or {}).items()]
+    metrics = list(metrics)
+    for i in range(0, max(len(metrics), len(params), len(tags), 1), BATCH):
+        chunk = (metrics[i:i + BATCH], params[i:i + BATCH], tags[i:i + BATCH])
+        if any(chunk):
+            client.log_batch(run_id, metrics=chunk[0], params=chunk[1], tags=chunk[2])
+
+
+def _clip(value: Any, limit: int) -> str:
+    text = str(value)
+    return text if len(text) <= limit else "..." + text[-(limit - 3):]  # the end of a traceback says most
+
+
+# ---------------------------------------------------------------------------------------- trials
+@dataclass
+class _TrialRun:
+    """One trial's child run and the calls not yet written to it, in order."""
+    trial_id: str
+    name: str
+    tags: dict[str, str]
+    run_id: str | None = None
+    calls: deque = field(default_factory=deque)  # ("params", dict) | ("metrics", step, dict, ms, final) | ...
+    steps: set[int] = field(default_factory=set)  # epochs already in the run (this session or an earlier one)
+    final_logged: bool = False
+    last_epoch: int = 0
+    params: dict[str, str] = field(default_factory=dict)  # what the run already holds
+    ended: bool = False  # Tune said complete/error
+
+
+class MlflowCallback(Callback):
+    """Tune callback: one child run per trial under the study's parent run, written from the driver.
+
+    Calls that fail because MLflow is unreachable are kept in memory and retried on later callbacks
+    (at most every `retry_s` seconds while the server is down) and by `flush()`; the user is warned
+    once per outage. A resumed or restarted trial finds its run by the `akd.trial_id` tag and skips
+    epochs that run already holds, so nothing is duplicated.
+    """
+
+    def __init__(self, study: Study, parent_run_id: str, retry_s: float = 30.0):
+        self.uri = tracking_uri(study)
+        self.study = study.name
+        self.parent_run_id = parent_run_id
+        self.retry_s = retry_s
+        self.client = client_for(self.uri)
+        self.experiment_id = self.client.get_run(parent_run_id).info.experiment_id
+        self._trials: dict[str, _TrialRun] = {}
+        self._down_since: float | None = None  # monotonic time of the first failure of an outage
+        self._next_try = 0.0
+        self._warned = False
+        self._tune_dir: str | None = None
+
+    # -- Tune's hooks -------------------------------------------------------------------------------
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        state = self._state(trial)
+        if state.ended:  # started again after it ended (a retry): the run is running again
+            state.calls.append(("running",))
+            state.ended = False
+        state.calls.append(("params", {k: _param_text(v) for k, v in trial.config.items()}))
+        self._try_flush()
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        state = self._state(trial)
+        metrics = {_metric_key(k): float(v) for k, v in result.items()
+                   if k not in TUNE_KEYS and _is_number(v)}
+        step = int(result["epoch"]) if "epoch" in result else state.last_epoch  # final: at the last epoch
+        state.calls.append(("metrics", step, metrics, int(time.time() * 1000), bool(result.get("final"))))
+        self._try_flush()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        state = self._state(trial)
+        finished = bool((trial.last_result or {}).get("final"))
+        state.calls.append(("tags", {OUTCOME_TAG: "finished" if finished else "stopped"}))
+        state.calls.append(("end", "FINISHED", int(time.time() * 1000)))
+        state.ended = True
+        self._try_flush()
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        state = self._state(trial)
+        text = _error_text(trial)
+        state.calls.append(("tags", {OUTCOME_TAG: "failed", ERROR_TAG: text}))
+        state.calls.append(("text", text, "error.txt"))
+        state.calls.append(("end", "FAILED", int(time.time() * 1000)))
+        state.ended = True
+        self._try_flush()
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        self.flush()
+
+    # -- for the driver ------------------------------------------------------------------------------
+    def run_id(self, trial_id: str) -> str | None:
+        """The child run of a trial seen by this callback (None while MLflow has been unreachable)."""
+        state = self._trials.get(trial_id)
+        return state.run_id if state else None
+
+    @property
+    def pending(self) -> int:
+        """Calls not yet written to MLflow."""
+        return sum(len(s.calls) + (s.run_id is None) for s in self._trials.values())
+
+    def flush(self) -> int:
+        """Write every buffered call now; return how many are still pending (0: all in MLflow)."""
+        self._write_all()
+        if self.pending:
+            log.warning(
+                "MLflow at %s is still unreachable: %d call(s) of %d trial(s) were NOT written. They are "
+                "lost when this process ends; every result is also in Tune's folder %s (result.json per "
+                "trial). Start the server and call flush() again, or re-run the study to resume it.",
+                self.uri, self.pending, sum(1 for s in self._trials.values() if s.calls or s.run_id is None),
+                self._tune_dir or "(the study's storage)")
+        return self.pending
+
+    # -- the buffer ----------------------------------------------------------------------------------
+    def _state(self, trial) -> _TrialRun:
+        self._tune_dir = self._tune_dir or getattr(trial, "local_experiment_path", None)
+        state = self._trials.get(trial.trial_id)
+        if state is None:
+            config = trial.config
+            teacher, student = config.get("teacher", "?"), config.get("student", "?")
+            tags = {MLFLOW_PARENT_RUN_ID: self.parent_run_id, TRIAL_TAG: trial.trial_id, "study": self.study,
+                    "teacher": teacher, "student": student, "pair": f"{teacher}->{student}",
+                    "method": config.get("method", "?"), "phase": config.get("phase", "?"),
+                    "seed": config.get("seed", "?")}
+            name = f"{tags['method']}-{teacher}-{student}-{trial.trial_id}"
+            state = self._trials[trial.trial_id] = _TrialRun(trial.trial_id, name, {k: str(v) for k, v in tags.items()})
+        return state
+
+    def _try_flush(self) -> None:
+        if self._down_since is None or time.monotonic() >= self._next_try:
+            self._write_all()
+
+    def _write_all(self) -> None:
+        try:
+            with quick_http():
+                for state in self._trials.values():
+                    if state.run_id is None:
+                        self._open(state)
+                    while state.calls:
+                        try:
+                            self._write(state, state.calls[0])
+                        except MlflowException as e:
+                            if not _permanent(e):
+                                raise
+                            log.warning("MLflow rejected %s of run %s (%s); skipped", state.calls[0][0],
+                                        state.run_id, e.message)
+                        state.calls.popleft()
+        except (MlflowException, requests.RequestException, OSError) as e:
+            self._outage(e)
+            return
+        if self._down_since is not None:
+            log.warning("MLflow at %s answers again after %.0f s: all buffered results are written.",
+                        self.uri, time.monotonic() - self._down_since)
+            self._down_since = None
+
+    def _outage(self, error: Exception) -> None:
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+        self._next_try = now + self.retry_s
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "MLflow at %s failed (%s: %s).\nThe study goes on: results are kept in memory and written "
+                "when the server answers again (retried every %.0f s and at the end of each phase). Keep this "
+                "process running until then. This warning is shown once.",
+                self.uri, type(error).__name__, str(error).splitlines()[0][:300] if str(error) else "", self.retry_s)
+
+    def _open(self, state: _TrialRun) -> None:
+        """Find the trial's run by tag (a restart, a resumed study) or create it."""
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{TRIAL_TAG}` = '{state.trial_id}' and tags.`{MLFLOW_PARENT_RUN_ID}` = "
+                          f"'{self.parent_run_id}'",
+            order_by=["attributes.start_time ASC"], max_results=1)
+        if not found:
+            state.run_id = self.client.create_run(self.experiment_id, run_name=state.name, tags=state.tags).info.run_id
+            return
+        run = found[0]
+        state.params = dict(run.data.params)
+        state.final_logged = "final" in run.data.metrics
+        if "epoch" in run.data.metrics:
+            state.steps = {m.step for m in self.client.get_metric_history(run.info.run_id, "epoch")}
+            state.last_epoch = max(state.steps)
+        if run.info.status != "RUNNING":
+            self.client.update_run(run.info.run_id, status="RUNNING")
+        state.run_id = run.info.run_id
+
+    def _write(self, state: _TrialRun, call: tuple) -> None:
+        kind, run_id = call[0], state.run_id
+        if kind == "params":
+            new = {k: v for k, v in call[1].items() if k not in state.params}
+            changed = {k for k, v in call[1].items() if k in state.params and state.params[k] != _clip(v, MAX_PARAM_CHARS)}
+            if changed:  # MLflow params are immutable; the first value stays
+                log.warning("trial %s restarted with different %s; its run %s keeps the first values",
+                            state.trial_id, ", ".join(sorted(changed)), run_id)
+            _log_batch(self.client, run_id, params=new)
+            state.params.update({k: _clip(v, MAX_PARAM_CHARS) for k, v in new.items()})
+        elif kind == "metrics":
+            _, step, values, ms, final = call
+            if (final and state.final_logged) or (not final and step in state.steps):
+                return  # already in the run: a restarted trial re-reporting
+            _log_batch(self.client, run_id, metrics=[Metric(k, v, ms, step) for k, v in values.items()])
+            if final:
+                state.final_logged = True
+            else:
+                state.steps.add(step)
+                state.last_epoch = max(state.last_epoch, step)
+        elif kind == "tags":
+            _log_batch(self.client, run_id, tags=call[1])
+        elif kind == "text":
+            self.client.log_text(run_id, call[1], call[2])
+        elif kind == "running":
+            self.client.update_run(run_id, status="RUNNING")
+        elif kind == "end":
+            self.client.set_terminated(run_id, status=call[1], end_time=call[2])
+        else:
+            raise ValueError(f"unknown buffered call {kind!r}")
+
+
+@contextlib.contextmanager
+def quick_http(retries: int = 1, timeout_s: int = 10) -> Iterator[None]:
+    """MLflow's HTTP client retries for minutes by default; inside a Tune callback, fail in seconds.
+
+    Only variables the user has not set are changed, and only for the duration of the block.
+    """
+    wanted = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+              "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    added = [k for k in wanted if k not in os.environ]
+    os.environ.update({k: wanted[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+def _permanent(e: MlflowException) -> bool:
+    return e.error_code in PERMANENT
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (str, bytes))
+
+
+def _metric_key(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", key)
+
+
+def _param_text(v: Any) -> str:
+    return repr(v) if isinstance(v, float) and not math.isfinite(v) else str(v)
+
+
+def _error_text(trial) -> str:
+    """The trial's error as Tune recorded it (traceback text), or what Tune can say about it."""
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        return Path(path).read_text().strip()
+    with contextlib.suppress(Exception):
+        error = trial.get_error()
+        if error is not None:
+            return str(error)
+    return "the trial failed; Tune recorded no error text"
+
+
+# ---------------------------------------------------------------------------------------- the model
+def input_shape(folder: Path) -> tuple[int, ...]:
+    """The input size of a saved vision model, from its first layer: (features,) of an MLP,
+    (channels,) of a CNN or ResNet; () for transformers (they take token ids)."""
+    from safetensors import safe_open
+
+    first = {"mlp": "net.0.weight", "cnn": "features.0.weight", "resnet": "stem.0.weight"}.get(spec_of(folder).kind)
+    if first is None:
+        return ()
+    with safe_open(str(Path(folder) / WEIGHTS_FILE), framework="pt") as f:
+        return (f.get_slice(first).get_shape()[1],)
+
+
+def load_student(folder: Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """A model saved by `akd_ray.models.save_model`, rebuilt without the task's data.
+
+    `load_model` wants a TaskData only for the number of labels and the input size; the first is in
+    `model.json`, the second in the first layer's weights.
+    """
+    folder = Path(folder)
+    meta = json.loads((folder / SPEC_FILE).read_text())
+    if "num_labels" not in meta:
+        raise ValueError(f"{folder / SPEC_FILE} has no num_labels: save the model with its task "
+                         "(akd_ray.models.save_model(..., task=...))")
+    empty = Split({"x": torch.zeros((1, *input_shape(folder)))}, torch.zeros(1, dtype=torch.int64))
+    stub = TaskData(name="saved", num_labels=meta["num_labels"], metric="", train=empty, val=empty, test=empty,
+                    to_inputs=lambda feats, augment: feats)
+    return load_model(folder, stub, device)
+
+
+class StudentModel(mlflow.pyfunc.PythonModel):
+    """A student as an MLflow pyfunc on raw inputs.
+
+    digits:      float32 (N, 64), pixels in [0, 1] (scikit-learn's counts / 16), as the task feeds them
+    cifar10/100: uint8 (N, 3, 32, 32) RGB, NCHW, unnormalised
+    glue/*:      a DataFrame with the task's text column(s) (`sentence`, or e.g. `sentence1`, `sentence2`)
+
+    Returns a DataFrame: `label` (class id) and `prob_<k>` per class; `score` for regression (STS-B).
+    """
+
+    def load_context(self, context) -> None:
+        self.task = context.model_config["task"]
+        self.max_length = int(context.model_config.get("max_seq_length", 128))
+        folder = context.artifacts[STUDENT_ARTIFACT]
+        self.model = load_student(folder)
+        self.tokenizer = None
+        if self.task.startswith("glue/"):
+            from transformers import AutoTokenizer
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        with torch.inference_mode():
+            if self.tokenizer is not None:
+                logits = self._text_logits(model_input)
+            else:
+                logits = self._image_logits(model_input)
+        if logits.shape[1] == 1:  # a regression head
+            return pd.DataFrame({"score": logits[:, 0].numpy().astype(np.float64)})
+        probs = logits.softmax(1).numpy().astype(np.float64)
+        out = pd.DataFrame({"label": probs.argmax(1).astype(np.int64)})
+        for k in range(probs.shape[1]):
+            out[f"prob_{k}"] = probs[:, k]
+        return out
+
+    def _image_logits(self, x: Any) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(x.to_numpy() if isinstance(x, pd.DataFrame) else x))
+        out = []
+        for part in x.split(512):
+            if self.task in ("cifar10", "cifar100"):
+                from akd_ray.tasks.cifar import CifarInputs
+                inputs = CifarInputs(self.task)({"x": part}, None)
+            else:
+                inputs = {"x": part.float().flatten(1)}
+            out.append(self.model(**inputs).float())
+        return torch.cat(out)
+
+    def _text_logits(self, x: Any) -> torch.Tensor:
+        columns = GLUE_COLUMNS[self.task.removeprefix("glue/")]
+        if isinstance(x, pd.DataFrame):
+            texts = [x[c].astype(str).tolist() for c in columns] if set(columns) <= set(x.columns) else \
+                [x.iloc[:, i].astype(str).tolist() for i in range(len(columns))]
+        elif len(columns) == 1:
+            texts = [[str(s) for s in x]]
+        else:
+            texts = [[str(row[i]) for row in x] for i in range(len(columns))]
+        out = []
+        for i in range(0, len(texts[0]), 64):
+            enc = self.tokenizer(*(t[i:i + 64] for t in texts), truncation=True, max_length=self.max_length,
+                                 padding=True, return_tensors="pt")
+            out.append(self.model(**enc).logits.float())
+        return torch.cat(out)
+
+
+def model_name(study: str, teacher: str, student: str) -> str:
+    """The registered model of a pair: `<study>-<teacher>-<student>`, in characters every registry takes."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{study}-{teacher}-{student}")
+
+
+def register_best(study: Study, pair: tuple[str, str], run_id: str, checkpoint_dir: Path,
+                  task: TaskData | TaskSpec | None = None):
+    """Log the pair's best student into its trial's run as a pyfunc and register it, alias `best`.
+
+    `checkpoint_dir` is the student folder (`model.json` inside) or a trial checkpoint holding
+    `student/`. `task` (TaskData, else the study's TaskSpec) gives the input example and labels.
+    Returns the ModelVersion; `mlflow.pyfunc.load_model("models:/<name>@best")` predicts with it.
+    """
+    folder = Path(checkpoint_dir)
+    if not (folder / SPEC_FILE).exists() and (folder / STUDENT_ARTIFACT / SPEC_FILE).exists():
+        folder = folder / STUDENT_ARTIFACT
+    if not (folder / SPEC_FILE).exists():
+        raise FileNotFoundError(f"{checkpoint_dir}: no saved student ({SPEC_FILE}, or {STUDENT_ARTIFACT}/{SPEC_FILE})")
+    teacher, student = pair
+    name = model_name(study.name, teacher, student)
+    task_name = task.name if task is not None else study.task.name
+    config = {"task": task_name, "max_seq_length": study.task.max_seq_length}
+    example = _input_example(task_name, task, folder)
+
+    wrapper = StudentModel()
+    wrapper.load_context(mlflow.pyfunc.PythonModelContext({STUDENT_ARTIFACT: str(folder)}, config))
+    signature = mlflow.models.infer_signature(example, wrapper.predict(None, example))
+
+    uri = tracking_uri(study)
+    mlflow.set_tracking_uri(uri)
+    client = client_for(uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name=STUDENT_ARTIFACT, python_model=wrapper, artifacts={STUDENT_ARTIFACT: str(folder)},
+            model_config=config, signature=signature, input_example=example,
+            code_paths=[str(Path(akd_ray.__file__).parent)],  # the model loads where akd-ray is not installed
+            pip_requirements=_requirements(task_name), registered_model_name=name)
+    version = str(info.registered_model_version)
+    client.set_registered_model_alias(name, ALIAS, version)
+    metrics = client.get_run(run_id).data.metrics
+    for k, v in {"study": study.name, "teacher": teacher, "student": student, "run_id": run_id,
+                 "test_metric": metrics.get("test_metric", "")}.items():
+        client.set_model_version_tag(name, version, k, str(v))
+    return client.get_model_version(name, version)
+
+
+def _input_example(task_name: str, task: TaskData | TaskSpec | None, folder: Path) -> Any:
+    if task_name.startswith("glue/"):
+        columns = GLUE_COLUMNS[task_name.removeprefix("glue/")]
+        rows = [("A gripping, beautifully made film.", "The film is good."),
+                ("It never finds its footing.", "The film is bad.")]
+        return pd.DataFrame({c: [r[i] for r in rows] for i, c in enumerate(columns)})
+    if isinstance(task, TaskData):
+        return task.test.features["x"][:2].numpy()
+    if task_name in ("cifar10", "cifar100"):
+        return np.zeros((2, 3, 32, 32), dtype=np.uint8)
+    (width,) = input_shape(folder)  # digits: flat pixels
+    return np.linspace(0, 1, 2 * width, dtype=np.float32).reshape(2, width)
+
+
+def _requirements(task_name: str) -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["mlflow", "torch", "safetensors", "pydantic", "pyyaml", "numpy", "pandas", "ray"]
+    if task_name.startswith("glue/"):
+        names.append("transformers")
+    pins = []
+    for n in names:
+        try:
+            pins.append(f"{n}=={version(n).split('+')[0]}")
+        except PackageNotFoundError:
+            pins.append(n)
+    return pins

@@ -1,0 +1,123 @@
+"""The worker loop end to end on the bundled digits: methods, schedule, resume, logit cache."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from akd_ray.config import MLP, RunConfig, TaskSpec, TeacherSpec, TrainSpec
+from akd_ray.engine import plan, run_distillation
+from akd_ray.method import phi
+from akd_ray.tasks import load_task
+from akd_ray.teacher import TeacherLogits, checkpoint_dirs, compute_logits, prepare_teacher, teacher_info
+from akd_ray.models import load_model
+
+TASK = TaskSpec(name="digits")
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    spec = TeacherSpec(model=MLP(kind="mlp", hidden=(128, 128)), train=TrainSpec(epochs=15, lr=3e-3), checkpoints=3)
+    return prepare_teacher("mlp-128x2", spec, TASK, tmp_path_factory.mktemp("study"))
+
+
+def student_run(teacher_dir, method, tmp_path, **train):
+    return RunConfig(task=TASK, teacher_dir=teacher_dir, student_model=MLP(kind="mlp", hidden=(32,)),
+                     assistant_model=MLP(kind="mlp", hidden=(64,)), method=method, cache_dir=tmp_path / "cache",
+                     train=TrainSpec(**{"epochs": 12, "lr": 1e-2, "tau_max": 4, "stage1_fraction": 2 / 3, **train}))
+
+
+def test_teacher_is_trained_once_with_snapshots(teacher_dir, tmp_path):
+    info = teacher_info(teacher_dir)
+    assert info["metrics"]["test_metric"] > 0.93  # a real teacher, not a stub
+    assert len(checkpoint_dirs(teacher_dir)) == 3
+    spec = TeacherSpec(model=MLP(kind="mlp", hidden=(128, 128)), train=TrainSpec(epochs=15, lr=3e-3), checkpoints=3)
+    stamp = (teacher_dir / "teacher.json").stat().st_mtime_ns
+    again = prepare_teacher("mlp-128x2", spec, TASK, teacher_dir.parents[1])
+    assert again == teacher_dir and (again / "teacher.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("method", ["scratch", "kd", "annealing", "takd", "prokd"])
+def test_every_method_trains_a_sane_student(teacher_dir, tmp_path, method):
+    history = []
+    result = run_distillation(student_run(teacher_dir, method, tmp_path), on_epoch=lambda m, s: history.append(m))
+    assert len(history) == 12
+    assert result["test_metric"] > 0.8, result  # 10 classes: chance is 0.1
+    assert result["val_best"] == max(h["val_metric"] for h in history)
+    assert result["best_epoch"] == max(range(12), key=lambda e: (history[e]["val_metric"], -e))
+
+
+def test_annealing_steps_temperature_down_then_hard_labels(teacher_dir, tmp_path):
+    history = []
+    run_distillation(student_run(teacher_dir, "annealing", tmp_path), on_epoch=lambda m, s: history.append(m))
+    stage1 = [h for h in history if h["stage"] == 1]
+    assert [h["temperature"] for h in stage1] == [4, 4, 3, 3, 2, 2, 1, 1]  # 8 stage-I epochs, tau_max 4
+    assert [h["phi"] for h in stage1] == [phi(h["temperature"], 4) for h in stage1]
+    assert stage1[0]["phi"] == 0.25 and stage1[-1]["phi"] == 1.0
+    assert [h["stage"] for h in history[8:]] == [2] * 4 and "temperature" not in history[-1]
+
+
+def test_prokd_follows_teacher_checkpoints_in_order(teacher_dir, tmp_path):
+    history = []
+    run_distillation(student_run(teacher_dir, "prokd", tmp_path), on_epoch=lambda m, s: history.append(m))
+    ckpts = [h["teacher_checkpoint"] for h in history if h["stage"] == 1]
+    assert ckpts == sorted(ckpts) and ckpts[0] == 0 and ckpts[-1] == 2
+
+
+@pytest.mark.parametrize("method,stop", [("annealing", 5), ("annealing", 8), ("kd", 6)])
+def test_resume_from_an_epoch_state_matches_an_uninterrupted_run(teacher_dir, tmp_path, method, stop):
+    run = student_run(teacher_dir, method, tmp_path)
+    full = run_distillation(run)
+    states = {}
+    run_distillation(run, on_epoch=lambda m, state: states.__setitem__(m["epoch"], state()))
+    resumed = run_distillation(run, resume=states[stop - 1])  # as if killed after epoch `stop - 1`
+    assert resumed == full
+
+
+def test_cached_teacher_logits_equal_a_fresh_forward(teacher_dir, tmp_path):
+    task = load_task(TASK)
+    cache = TeacherLogits(teacher_dir, task, torch.device("cpu"), 0, tmp_path)
+    first = cache.table(0).clone()
+    files = list((tmp_path / "teacher-logits").rglob("*.pt"))
+    assert len(files) == 1
+    fresh = compute_logits(load_model(teacher_dir, task), task, torch.device("cpu"), 97)
+    torch.testing.assert_close(first, fresh)
+    again = TeacherLogits(teacher_dir, task, torch.device("cpu"), 0, tmp_path)
+    torch.testing.assert_close(again.get(3, torch.tensor([5, 1, 9])), fresh[[5, 1, 9]])
+
+
+def test_changed_teacher_never_reuses_stale_logits(teacher_dir, tmp_path):
+    import shutil
+
+    from akd_ray.teacher import weights_fingerprint
+    task = load_task(TASK)
+    other = tmp_path / "edited"
+    shutil.copytree(teacher_dir, other)
+    model = load_model(other, task)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    from akd_ray.models import save_model, spec_of
+    save_model(model, spec_of(other), other, task)
+    info = teacher_info(other)
+    info["fingerprint"] = weights_fingerprint(other)
+    (other / "teacher.json").write_text(__import__("json").dumps(info))
+    a = TeacherLogits(teacher_dir, task, torch.device("cpu"), 0, tmp_path)
+    b = TeacherLogits(other, task, torch.device("cpu"), 0, tmp_path)
+    assert a.key != b.key
+    assert not torch.allclose(a.table(0), b.table(0))
+
+
+def test_diverging_loss_fails_the_run_with_the_reason(teacher_dir, tmp_path):
+    run = student_run(teacher_dir, "scratch", tmp_path, lr=1e12, optimizer="sgd", lr_schedule="constant")
+    with pytest.raises(FloatingPointError, match="loss became"):
+        run_distillation(run)
+
+
+def test_plans_split_epochs_between_stages():
+    run = RunConfig(task=TASK, student_model=MLP(kind="mlp"), method="scratch", train=TrainSpec(epochs=10))
+    assert [(s.loss, s.epochs) for s in plan(run)] == [("ce", 10)]
+    assert [(s.loss, s.epochs, s.number) for s in plan(run.model_copy(update={"method": "annealing", "teacher_dir": "x"}))] \
+        == [("anneal", 5, 1), ("ce", 5, 2)]
+    assert math.isclose(sum(s.epochs for s in plan(run.model_copy(update={"method": "kd", "teacher_dir": "x"}))), 10)

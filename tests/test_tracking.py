@@ -1,0 +1,291 @@
+"""akd_ray.tracking against a real MLflow server and a real (tiny) Tune run on local Ray."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+from ray.tune import Callback
+
+from akd_ray import tracking
+from akd_ray.config import MLP, Study, TaskSpec
+from akd_ray.models import logits_of, save_model
+from akd_ray.tasks.digits import load_digits_task
+
+STUDENT = "student"
+
+
+def make_study(tmp_path: Path, uri: str | None, name: str = "trk") -> Study:
+    return Study.model_validate({
+        "name": name, "task": {"name": "digits"}, "storage": str(tmp_path / "storage"),
+        "teachers": {"mlp-64": {"model": {"kind": "mlp", "hidden": [64]}}},
+        "students": {"mlp-4": {"kind": "mlp", "hidden": [4]}},
+        "search": {"space": "space.yaml", "trials": {"kd": 1, "annealing": 1, "scratch": 1}},
+        "mlflow": {"tracking_uri": uri},
+    })
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits_task(TaskSpec(name="digits"))
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory, digits) -> Path:
+    """A trial checkpoint as the study writes it: `student/` saved by save_model (a briefly trained MLP)."""
+    from akd_ray.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(MLP(kind="mlp", hidden=(16,)), digits)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = digits.train.features["x"], digits.train.labels
+    for _ in range(30):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    checkpoint = tmp_path_factory.mktemp("checkpoint")
+    save_model(model.eval(), MLP(kind="mlp", hidden=(16,)), checkpoint / STUDENT, digits)
+    return checkpoint
+
+
+# ---------------------------------------------------------------------------------------- fast
+def test_default_uri_is_sqlite_under_the_study_storage(tmp_path):
+    study = make_study(tmp_path, None)
+    assert tracking.tracking_uri(study) == f"sqlite:///{(tmp_path / 'storage' / 'trk' / 'mlflow.db').resolve()}"
+    assert tracking.tracking_uri(study).startswith("sqlite:////")  # an absolute path
+    assert tracking.tracking_uri(make_study(tmp_path, "http://h:1")) == "http://h:1"
+
+
+def test_check_reachable_fails_fast_on_a_dead_port():
+    from conftest import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    with pytest.raises(tracking.TrackingError, match=uri.replace(".", r"\.")) as err:
+        tracking.check_reachable(uri)
+    assert time.monotonic() - t0 < 3
+    assert "mlflow server" in str(err.value) and "mlflow.tracking_uri" in str(err.value)
+
+
+def test_model_names_are_sanitized():
+    assert tracking.model_name("s", "bert base/uncased", "mlp:4") == "s-bert_base_uncased-mlp_4"
+
+
+def test_student_loads_without_task_data(student_dir, digits):
+    from akd_ray.models import load_model
+
+    x = digits.test.features["x"]
+    expected = logits_of(load_model(student_dir / STUDENT, digits), {"x": x})
+    assert torch.equal(logits_of(tracking.load_student(student_dir / STUDENT), {"x": x}), expected)
+
+
+def test_local_sqlite_study_run_is_created_once(tmp_path):
+    study = make_study(tmp_path, None)
+    tracking.check_reachable(tracking.tracking_uri(study))  # makes the folder
+    first = tracking.start_study(study, "name: trk\n", "params: {}\n")
+    assert tracking.start_study(study, "name: trk\n", "params: {}\n") == first
+    client = MlflowClient(tracking.tracking_uri(study))
+    run = client.get_run(first)
+    assert run.data.tags[tracking.STUDY_TAG] == "trk"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == "trk" and experiment.artifact_location.startswith("file://")
+    assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(tmp_path)
+    assert {a.path for a in client.list_artifacts(first)} >= {"study.yaml", "search_space.yaml", "study.resolved.json"}
+
+
+# ---------------------------------------------------------------------------------------- Tune + server
+class Recorder(Callback):
+    """Keeps Tune's trial objects and results, to replay them through a fresh callback."""
+
+    def __init__(self):
+        self.trials, self.results = {}, {}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.trials[trial.trial_id] = trial
+        self.results.setdefault(trial.trial_id, []).append(dict(result))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.trials[trial.trial_id] = trial
+
+
+def tiny_trainable(config: dict) -> None:
+    """3 epochs, then a final result with a checkpoint holding `student/`; `scratch` fails after 1 epoch."""
+    from ray import tune
+
+    for epoch in range(3):
+        tune.report({"epoch": epoch, "stage": 1, "train_loss": 1.0 / (epoch + 1), "lr": config["lr"],
+                     "val_accuracy": 0.5 + 0.1 * epoch, "val_metric": 0.5 + 0.1 * epoch, "val_best": 0.5 + 0.1 * epoch,
+                     "temperature": 3.0 - epoch, "note": "text is not a metric"})
+        if config["method"] == "scratch":
+            raise FloatingPointError(f"ce loss became nan in epoch {epoch}")
+    tune.report({"final": 1, "best_epoch": 2, "val_best": 0.7, "test_accuracy": 0.66, "test_metric": 0.66,
+                 "student_parameters": 1234},
+                checkpoint=tune.Checkpoint.from_directory(config["checkpoint"]))
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    # the workers import this module for `tiny_trainable`
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
+    yield ray
+    ray.shutdown()
+
+
+def children(client: MlflowClient, parent_id: str) -> list:
+    run = client.get_run(parent_id)
+    return client.search_runs([run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+@pytest.mark.slow
+def test_tune_trials_become_child_runs_once(mlflow_server, local_ray, tmp_path, student_dir):
+    from ray import tune
+
+    study = make_study(tmp_path, mlflow_server.uri, name="tune-study")
+    parent = tracking.start_study(study, "name: tune-study\n", "params: {}\n")
+    callback, recorder = tracking.MlflowCallback(study, parent), Recorder()
+    space = {"teacher": "mlp-64", "student": "mlp-4", "phase": "search", "seed": 0, "lr": 0.01,
+             "method": tune.grid_search(["kd", "annealing", "scratch"]), "checkpoint": str(student_dir)}
+    tuner = tune.Tuner(tiny_trainable, param_space=space,
+                       run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path / "tune"), verbose=0,
+                                                 callbacks=[callback, recorder]))
+    grid = tuner.fit()
+    assert sum(r.error is not None for r in grid) == 1
+
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name("tune-study")
+
+    def check() -> dict:
+        study_runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`akd.study` = 'tune-study'")
+        assert [r.info.run_id for r in study_runs] == [parent]
+        runs = {r.data.tags["method"]: r for r in children(client, parent)}
+        assert sorted(runs) == ["annealing", "kd", "scratch"] and len(children(client, parent)) == 3
+        kd = runs["kd"]
+        assert kd.info.status == "FINISHED" and kd.data.tags[tracking.OUTCOME_TAG] == "finished"
+        assert kd.data.params["lr"] == "0.01" and kd.data.params["method"] == "kd"
+        assert kd.data.tags["pair"] == "mlp-64->mlp-4" and kd.data.tags["phase"] == "search"
+        assert kd.data.tags["study"] == "tune-study" and kd.data.tags["teacher"] == "mlp-64"
+        history = client.get_metric_history(kd.info.run_id, "train_loss")
+        assert [(m.step, m.value) for m in history] == [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]
+        assert [m.step for m in client.get_metric_history(kd.info.run_id, "temperature")] == [0, 1, 2]
+        assert kd.data.metrics["test_metric"] == 0.66 and kd.data.metrics["final"] == 1
+        assert "note" not in kd.data.metrics and "pid" not in kd.data.metrics
+        failed = runs["scratch"]
+        assert failed.info.status == "FAILED" and failed.data.tags[tracking.OUTCOME_TAG] == "failed"
+        assert "FloatingPointError: ce loss became nan in epoch 0" in failed.data.tags[tracking.ERROR_TAG]
+        assert [m.step for m in client.get_metric_history(failed.info.run_id, "train_loss")] == [0]
+        return runs
+
+    runs = check()
+    for trial_id, trial in recorder.trials.items():
+        assert callback.run_id(trial_id) == runs[trial.config["method"]].info.run_id
+    assert callback.pending == 0
+
+    # A restarted driver: the study run and every trial's run are found again, nothing is doubled.
+    assert tracking.start_study(study, "name: tune-study\n", "params: {}\n") == parent
+    again = tracking.MlflowCallback(study, parent)
+    for trial_id, trial in recorder.trials.items():
+        again.on_trial_start(0, [], trial)
+        for result in recorder.results[trial_id]:
+            again.on_trial_result(0, [], trial, result)
+        (again.on_trial_error if trial.config["method"] == "scratch" else again.on_trial_complete)(0, [], trial)
+    again.flush()
+    assert again.run_id(next(iter(recorder.trials))) is not None
+    check()
+
+    # Tune's own resume restarts the failed trial under its old id: it reuses its run.
+    restored = tune.Tuner.restore(str(tmp_path / "tune" / "exp"), trainable=tiny_trainable, restart_errored=True)
+    restored.fit()
+    check()
+
+
+@pytest.mark.slow
+def test_results_survive_a_server_outage(mlflow_server, tmp_path, caplog):
+    study = make_study(tmp_path, mlflow_server.uri, name="outage")
+    parent = tracking.start_study(study, "name: outage\n", "params: {}\n")
+    callback = tracking.MlflowCallback(study, parent, retry_s=0)
+    trial = SimpleNamespace(trial_id="abc_00000", error_file=None, last_result={"final": 1},
+                            local_experiment_path=str(tmp_path / "tune"),
+                            config={"teacher": "t", "student": "s", "method": "kd", "phase": "search", "seed": 0})
+
+    def epoch(e: int) -> None:
+        callback.on_trial_result(0, [], trial, {"epoch": e, "train_loss": 1.0 / (e + 1), "pid": 1})
+
+    callback.on_trial_start(0, [], trial)
+    epoch(0)
+    assert callback.pending == 0
+    mlflow_server.stop()
+    try:
+        with caplog.at_level(logging.WARNING, logger="akd_ray.tracking"):
+            t0 = time.monotonic()
+            epoch(1)
+            epoch(2)
+            callback.on_trial_result(0, [], trial, {"final": 1, "test_metric": 0.9})
+            callback.on_trial_complete(0, [], trial)
+            assert time.monotonic() - t0 < 20  # fails in seconds, not MLflow's default minutes of retries
+            assert callback.pending == 5  # two epochs, the final result, the outcome tag, the end
+            outage = [r for r in caplog.records if "failed" in r.getMessage() and "kept in memory" in r.getMessage()]
+            assert len(outage) == 1 and mlflow_server.uri in outage[0].getMessage()
+            assert callback.flush() == 5
+            assert any("NOT written" in r.getMessage() for r in caplog.records)
+    finally:
+        mlflow_server.start()
+    assert callback.flush() == 0
+    client = MlflowClient(mlflow_server.uri)
+    run = client.get_run(callback.run_id("abc_00000"))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [0, 1, 2]
+    assert run.info.status == "FINISHED" and run.data.metrics["test_metric"] == 0.9
+    assert run.data.metrics["final"] == 1 and "pid" not in run.data.metrics
+
+
+@pytest.mark.slow
+def test_registered_best_student_predicts_like_torch(mlflow_server, tmp_path, student_dir, digits):
+    import mlflow
+
+    study = make_study(tmp_path, mlflow_server.uri, name="reg")
+    parent = tracking.start_study(study, "name: reg\n", "params: {}\n")
+    client = MlflowClient(mlflow_server.uri)
+    child = client.create_run(client.get_run(parent).info.experiment_id,
+                              tags={"mlflow.parentRunId": parent}).info.run_id
+    client.log_metric(child, "test_metric", 0.8)
+    client.set_terminated(child)
+
+    version = tracking.register_best(study, ("mlp-64", "mlp-4"), child, student_dir, digits)
+    assert version.name == "reg-mlp-64-mlp-4" and version.run_id == child
+    assert client.get_model_version_by_alias("reg-mlp-64-mlp-4", "best").version == version.version
+    assert client.get_run(child).info.status == "FINISHED"
+
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    model = mlflow.pyfunc.load_model("models:/reg-mlp-64-mlp-4@best")
+    x = digits.test.features["x"]
+    expected = logits_of(tracking.load_student(student_dir / STUDENT), {"x": x}).argmax(1).numpy()
+    out = model.predict(x.numpy())
+    assert (out["label"].to_numpy() == expected).all()
+    assert np.allclose(out[[f"prob_{k}" for k in range(10)]].sum(1), 1)
+    assert model.metadata.get_input_schema() is not None
+
+    # registering again (a re-run study) moves the alias to the new version
+    newer = tracking.register_best(study, ("mlp-64", "mlp-4"), child, student_dir / STUDENT, digits)
+    assert int(newer.version) == int(version.version) + 1
+    assert client.get_model_version_by_alias("reg-mlp-64-mlp-4", "best").version == newer.version
+
+
+@pytest.mark.slow
+def test_report_and_teacher_fingerprints_land_on_the_study_run(mlflow_server, tmp_path):
+    study = make_study(tmp_path, mlflow_server.uri, name="rep")
+    parent = tracking.start_study(study, "name: rep\n", "params: {}\n")
+    (tmp_path / "results.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "report.md").write_text("# report\n")
+    tracking.log_teacher_fingerprints(parent, {"mlp-64": "0123abcd"})
+    tracking.log_report(parent, [tmp_path / "results.csv", tmp_path / "report.md"])
+    client = MlflowClient(mlflow_server.uri)
+    assert client.get_run(parent).data.tags["teacher.mlp-64.fingerprint"] == "0123abcd"
+    assert {a.path for a in client.list_artifacts(parent, "report")} == {"report/results.csv", "report/report.md"}
