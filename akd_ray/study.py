@@ -67,6 +67,9 @@ def validate(study: Study) -> Space:
             fractions = params["stage1_fraction"].values() if "stage1_fraction" in params else [train.stage1_fraction]
             epochs = params["epochs"].values() if "epochs" in params else [train.epochs]
             shapes = params["schedule"].values() if "schedule" in params else [train.schedule]
+            if "step" in shapes and "tau_max" in params and params["tau_max"].type != "int":
+                raise ConfigError(f"{space.source}: params.tau_max: the step schedule needs an integer tau_max; "
+                                  "use type: int, or drop step from the schedule choices")
             if "step" in shapes:
                 first = min(stage_split(int(e), f)[0] for e in epochs for f in fractions)
                 if step_period(first, int(max(taus))) < 1:
