@@ -22,7 +22,9 @@ import math
 import os
 import re
 import subprocess
+import tempfile
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +43,7 @@ from ray.tune import Callback
 
 import akd_ray
 from akd_ray.config import HF_KINDS, Study, TaskSpec
-from akd_ray.models import SPEC_FILE, WEIGHTS_FILE, load_model, spec_of
+from akd_ray.models import SPEC_FILE, WEIGHTS_FILE, load_model, logits_of, spec_of
 from akd_ray.tasks.base import Split, TaskData
 
 log = logging.getLogger(__name__)
@@ -61,11 +63,6 @@ MAX_PARAM_CHARS, MAX_TAG_CHARS, BATCH = 6000, 8000, 100
 # Error codes that retrying will not fix (a bad value, a conflict): drop the call with a warning
 PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST",
              "INVALID_STATE", "PERMISSION_DENIED", "UNAUTHENTICATED", "MALFORMED_REQUEST"}
-# The text columns a GLUE model's pyfunc takes: the names the hub dataset `nyu-mll/glue` uses
-GLUE_COLUMNS = {"cola": ("sentence",), "sst2": ("sentence",), "mrpc": ("sentence1", "sentence2"),
-                "stsb": ("sentence1", "sentence2"), "qqp": ("question1", "question2"),
-                "mnli": ("premise", "hypothesis"), "qnli": ("question", "sentence"),
-                "rte": ("sentence1", "sentence2"), "wnli": ("sentence1", "sentence2")}
 
 
 class TrackingError(RuntimeError):
@@ -344,7 +341,7 @@ class MlflowCallback(Callback):
 
     def _write_all(self) -> None:
         try:
-            with quick_http():
+            with callback_env():
                 for state in self._trials.values():
                     if state.run_id is None:
                         self._open(state)
@@ -431,13 +428,15 @@ class MlflowCallback(Callback):
 
 
 @contextlib.contextmanager
-def quick_http(retries: int = 1, timeout_s: int = 10) -> Iterator[None]:
+def callback_env(retries: int = 1, timeout_s: int = 10) -> Iterator[None]:
     """MLflow's HTTP client retries for minutes by default; inside a Tune callback, fail in seconds.
+    And it prints a "View run" link per finished run: Tune's console is no place for hundreds.
 
     Only variables the user has not set are changed, and only for the duration of the block.
     """
     wanted = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-              "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+              "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
+              "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
     added = [k for k in wanted if k not in os.environ]
     os.environ.update({k: wanted[k] for k in added})
     try:
@@ -514,6 +513,9 @@ class StudentModel(mlflow.pyfunc.PythonModel):
 
     Returns a DataFrame: `label` (class id) and `prob_<k>` per class; `score` for regression (STS-B).
     """
+    # The logged signature validates inputs; MLflow's type-hint validation (which cannot say "an array
+    # or a DataFrame") stays off, and so does its warning about a `predict` without type hints.
+    _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
         self.task = context.model_config["task"]
@@ -523,7 +525,8 @@ class StudentModel(mlflow.pyfunc.PythonModel):
         self.tokenizer = None
         if self.task.startswith("glue/"):
             from transformers import AutoTokenizer
-            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)  # save_model keeps it beside the weights
+            self.tokenizer.padding_side = "right"
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         with torch.inference_mode():
@@ -543,29 +546,46 @@ class StudentModel(mlflow.pyfunc.PythonModel):
         x = torch.as_tensor(np.asarray(x.to_numpy() if isinstance(x, pd.DataFrame) else x))
         out = []
         for part in x.split(512):
-            if self.task in ("cifar10", "cifar100"):
+            if self.task in ("cifar10", "cifar100"):  # the task's own normalisation
                 from akd_ray.tasks.cifar import CifarInputs
                 inputs = CifarInputs(self.task)({"x": part}, None)
             else:
                 inputs = {"x": part.float().flatten(1)}
-            out.append(self.model(**inputs).float())
+            out.append(logits_of(self.model, inputs).float())
         return torch.cat(out)
 
     def _text_logits(self, x: Any) -> torch.Tensor:
-        columns = GLUE_COLUMNS[self.task.removeprefix("glue/")]
+        """Sentences (or pairs) tokenized as the task does: truncated to max_seq_length, padded right."""
+        columns = text_columns(self.task)
         if isinstance(x, pd.DataFrame):
-            texts = [x[c].astype(str).tolist() for c in columns] if set(columns) <= set(x.columns) else \
-                [x.iloc[:, i].astype(str).tolist() for i in range(len(columns))]
-        elif len(columns) == 1:
+            texts = [x[c].astype(str).tolist() for c in columns]
+        elif len(columns) == 1:  # a list of sentences
             texts = [[str(s) for s in x]]
-        else:
+        else:  # a list of pairs
             texts = [[str(row[i]) for row in x] for i in range(len(columns))]
         out = []
         for i in range(0, len(texts[0]), 64):
             enc = self.tokenizer(*(t[i:i + 64] for t in texts), truncation=True, max_length=self.max_length,
-                                 padding=True, return_tensors="pt")
-            out.append(self.model(**enc).logits.float())
+                                 padding="longest", return_tensors="pt")
+            inputs = {k: v for k, v in enc.items() if k in ("input_ids", "token_type_ids", "attention_mask")}
+            out.append(logits_of(self.model, inputs).float())
         return torch.cat(out)
+
+
+def text_columns(task_name: str) -> tuple[str, ...]:
+    """A GLUE model's input columns: the names the hub dataset `nyu-mll/glue` gives its text."""
+    from akd_ray.tasks.glue import GLUE_FORMATS
+
+    return GLUE_FORMATS[task_name.removeprefix("glue/")].hub_text
+
+
+MODEL_CODE = '''"""An akd-ray student as an MLflow pyfunc (models from code): see akd_ray.tracking.StudentModel."""
+import mlflow
+
+from akd_ray.tracking import StudentModel
+
+mlflow.models.set_model(StudentModel())
+'''
 
 
 def model_name(study: str, teacher: str, student: str) -> str:
@@ -594,16 +614,20 @@ def register_best(study: Study, pair: tuple[str, str], run_id: str, checkpoint_d
 
     wrapper = StudentModel()
     wrapper.load_context(mlflow.pyfunc.PythonModelContext({STUDENT_ARTIFACT: str(folder)}, config))
-    signature = mlflow.models.infer_signature(example, wrapper.predict(None, example))
+    with warnings.catch_warnings():  # "integer columns cannot hold missing values": `label` never misses
+        warnings.filterwarnings("ignore", message=".*integer column")
+        signature = mlflow.models.infer_signature(example, wrapper.predict(None, example))
 
     uri = tracking_uri(study)
     mlflow.set_tracking_uri(uri)
     client = client_for(uri)
-    with mlflow.start_run(run_id=run_id):
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+        code = Path(tmp) / "student_model.py"  # models from code: a readable file, no pickled object
+        code.write_text(MODEL_CODE)
         info = mlflow.pyfunc.log_model(
-            name=STUDENT_ARTIFACT, python_model=wrapper, artifacts={STUDENT_ARTIFACT: str(folder)},
+            name=STUDENT_ARTIFACT, python_model=str(code), artifacts={STUDENT_ARTIFACT: str(folder)},
             model_config=config, signature=signature, input_example=example,
-            code_paths=[str(Path(akd_ray.__file__).parent)],  # the model loads where akd-ray is not installed
+            code_paths=[str(Path(akd_ray.__file__).parent)],  # loads where akd-ray is not installed
             pip_requirements=_requirements(task_name), registered_model_name=name)
     version = str(info.registered_model_version)
     client.set_registered_model_alias(name, ALIAS, version)
@@ -616,7 +640,7 @@ def register_best(study: Study, pair: tuple[str, str], run_id: str, checkpoint_d
 
 def _input_example(task_name: str, task: TaskData | TaskSpec | None, folder: Path) -> Any:
     if task_name.startswith("glue/"):
-        columns = GLUE_COLUMNS[task_name.removeprefix("glue/")]
+        columns = text_columns(task_name)
         rows = [("A gripping, beautifully made film.", "The film is good."),
                 ("It never finds its footing.", "The film is bad.")]
         return pd.DataFrame({c: [r[i] for r in rows] for i, c in enumerate(columns)})

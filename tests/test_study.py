@@ -1,0 +1,102 @@
+"""`akd-ray tune` on a small digits study, on a real local Ray, tracked in a real MLflow server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+SPACE = {"params": {
+    "tau_max": {"type": "int", "low": 2, "high": 3, "methods": ["annealing"]},
+    "schedule": {"type": "categorical", "choices": ["step", "cosine", "exp"], "methods": ["annealing"]},
+    "decay": {"type": "float", "low": 1.0, "high": 4.0, "when": {"schedule": ["exp"]}, "methods": ["annealing"]},
+    "alpha": {"type": "float", "low": 0.2, "high": 0.8, "methods": ["kd"]},
+    "lr": {"type": "float", "low": 5e-3, "high": 2e-2, "log": True},
+}}
+TRIALS = {"scratch": 1, "kd": 1, "annealing": 3}
+
+
+def small_study(tmp_path: Path, tracking_uri: str) -> Path:
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    study = {
+        "name": "tiny",
+        "task": {"name": "digits"},
+        "teachers": {"mlp-128": {"model": {"kind": "mlp", "hidden": [128]}, "train": {"epochs": 6, "lr": 0.01}}},
+        "students": {"mlp-8": {"kind": "mlp", "hidden": [8]}, "mlp-4": {"kind": "mlp", "hidden": [4]}},
+        "train": {"epochs": 6, "stage1_fraction": 0.5},
+        "search": {"space": "space.yaml", "trials": TRIALS, "confirm_seeds": 2},
+        "storage": str(tmp_path / "results"),
+        "mlflow": {"tracking_uri": tracking_uri},
+        "seed": 3,
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def tune(study: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "akd_ray.cli", "tune", str(study), *extra], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900,
+                          env={**__import__("os").environ, "AKD_RAY_VERBOSE": "0"})
+
+
+def test_tune_searches_every_pair_confirms_tracks_and_resumes(tmp_path, mlflow_server):
+    study = small_study(tmp_path, mlflow_server.uri)
+    first = tune(study)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "best temperature per teacher-student pair" in first.stdout
+
+    rows = json.loads((tmp_path / "results/tiny/report/trials.json").read_text())
+    search = [r for r in rows if r["phase"] == "search"]
+    confirm = [r for r in rows if r["phase"] == "confirm"]
+    # every pair gets its own budget for every method, and the baselines run per pair
+    for student in ("mlp-8", "mlp-4"):
+        for method, n in TRIALS.items():
+            mine = [r for r in search if r["student"] == student and r["method"] == method]
+            assert len(mine) == n, (student, method)
+            assert all(r["finished"] and r["test_metric"] > 0.1 for r in mine)
+    # the Optuna searcher proposed the points: values from the space, conditionals respected
+    annealing = [r["params"] for r in search if r["method"] == "annealing"]
+    assert all(p["tau_max"] in (2, 3) and 5e-3 <= p["lr"] <= 2e-2 for p in annealing)
+    assert all(("decay" in p) == (p["schedule"] == "exp") for p in annealing)
+    assert len({p["lr"] for p in annealing}) == len(annealing)
+    assert all("tau_max" not in r["params"] for r in search if r["method"] != "annealing")
+    # the confirmation re-runs the pair's best config of annealing, kd and scratch over 2 seeds
+    assert len(confirm) == 2 * 3 * 2 and {r["seed"] for r in confirm} == {4, 5}
+    for r in confirm:
+        best = max((s for s in search if (s["student"], s["method"]) == (r["student"], r["method"])),
+                   key=lambda s: s["val_best"])
+        assert r["params"] == best["params"]
+    assert (tmp_path / "results/tiny/report/pairs.csv").exists()
+    assert (tmp_path / "results/tiny/report/capacity_gap.png").stat().st_size > 1000
+
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == len(rows)
+
+    # running the same study again resumes: nothing re-runs, nothing is duplicated
+    second = tune(study)
+    assert second.returncode == 0, second.stderr[-3000:]
+    again = json.loads((tmp_path / "results/tiny/report/trials.json").read_text())
+    assert sorted(r["trial_id"] for r in again) == sorted(r["trial_id"] for r in rows)
+    assert sorted(r["test_metric"] for r in again) == sorted(r["test_metric"] for r in rows)
+    assert len(client.search_runs([exp.experiment_id], max_results=1000)) == len(runs)
+
+
+def test_bad_resources_fail_before_any_trial_or_run(tmp_path, mlflow_server):
+    study = small_study(tmp_path, mlflow_server.uri)
+    result = tune(study, "--set", "resources.gpus_per_worker=1", "--set", "name=nogpu")
+    assert result.returncode == 2
+    assert "resources: a trial needs 1 GPU(s)" in result.stderr
+    assert MlflowClient(mlflow_server.uri).get_experiment_by_name("nogpu") is None
+    assert not (tmp_path / "results/nogpu/tune").exists()
