@@ -136,6 +136,8 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
     torch.manual_seed(run.seed)
     tokenizer = run.tokenizer or (str(run.teacher_dir) if run.teacher_dir else None)
     task = task or load_task(run.task, tokenizer)
+    if device.type == "cuda":  # the whole task on the GPU: batches are gathered there, no copy per step
+        task = task.to(device)
     stages = plan(run)
 
     teacher_model = None

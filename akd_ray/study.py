@@ -30,6 +30,7 @@ from ray.tune.search.optuna import OptunaSearch
 from akd_ray.config import ConfigError, RunConfig, Study, TrainSpec
 from akd_ray.method.schedules import stage_split, step_period
 from akd_ray.space import Space, define_by_run, load_space
+from akd_ray.teacher import teacher_info
 
 METRIC, MODE = "val_best", "max"  # best-so-far validation metric: comparable across stages (ASHA)
 IDENTITY = ("teacher", "student", "method", "phase", "seed")  # fixed per trial, never searched
@@ -96,10 +97,9 @@ def check_resources(study: Study) -> int:
     if need_cpu > cpus:
         raise ConfigError(f"{study.source}: resources: a trial needs {need_cpu:g} CPU(s) "
                           f"({r.workers} workers x {r.cpus_per_worker:g}) but the cluster has {cpus:g}")
-    # A Train-wrapped trial also holds a CPU for its driver: cap concurrency so drivers cannot
-    # take the CPUs their own workers wait for.
-    per_trial_cpu = need_cpu + (1 if r.workers > 1 else 0)
-    fits = math.floor(cpus / per_trial_cpu)
+    # A Train-wrapped trial's own process holds no resources (see run_phase), so cap concurrency
+    # by what the workers need: otherwise waiting trials could starve running ones.
+    fits = math.floor(cpus / need_cpu)
     if need_gpu:
         fits = min(fits, math.floor(gpus / need_gpu))
     return max(1, min(fits, r.max_concurrent or fits))
@@ -275,7 +275,9 @@ def prepare_teachers(study: Study) -> dict[str, Path]:
 def run_phase(study: Study, phase: str, searcher: Searcher, num_samples: int, teacher_dirs: dict[str, Path],
               callbacks: list, max_concurrent: int) -> tune.ResultGrid:
     r = study.resources
-    per_trial = ({"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker} if r.workers == 1 else {"cpu": 1})
+    # single-worker trials train in the trial itself; a multi-worker trial only drives its TorchTrainer,
+    # whose worker group asks for the resources
+    per_trial = ({"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker} if r.workers == 1 else {"cpu": 0, "memory": 1})
     trainable = tune.with_resources(tune.with_parameters(trial, study=study, teacher_dirs=teacher_dirs), per_trial)
     path = Layout.of(study).tune / phase
     if tune.Tuner.can_restore(str(path)):  # a re-run resumes: finished trials stay finished
@@ -311,7 +313,9 @@ def trial_rows(grid: tune.ResultGrid) -> list[dict]:
                ("val_best", "best_epoch", "student_parameters", "time_total_s", "trial_id")},
             "finished": finished,
             "error": str(result.error) if result.error else None,
-            "checkpoint": result.checkpoint.path if result.checkpoint and finished else None,
+            # Train-wrapped trials hand Tune the path of the Train checkpoint (TuneReportCallback)
+            "checkpoint": (m.get("checkpoint_path") or (result.checkpoint.path if result.checkpoint else None))
+                          if finished else None,
         })
     return rows
 
@@ -332,6 +336,24 @@ def confirmation_points(study: Study, rows: list[dict]) -> list[dict]:
     return points
 
 
+def register_best_students(study: Study, rows: list[dict], teacher_dirs: dict[str, Path], callback) -> None:
+    """Each pair's best student (by validation, over every method and phase) -> MLflow registry."""
+    from akd_ray import tracking
+    from akd_ray.tasks import load_task
+
+    task = None
+    for teacher, student in study.pairs:
+        done = [r for r in rows if (r["teacher"], r["student"]) == (teacher, student) and r["checkpoint"]]
+        if not done:
+            continue
+        best = max(done, key=lambda r: r[METRIC])
+        run_id = callback.run_id(best["trial_id"])
+        if run_id is None:  # MLflow never received this trial (e.g. it was down): nothing to attach to
+            continue
+        task = task or load_task(study.task, str(teacher_dirs[teacher]))
+        tracking.register_best(study, (teacher, student), run_id, Path(best["checkpoint"]) / STUDENT_DIR, task)
+
+
 @dataclass
 class StudyResult:
     rows: list[dict]
@@ -345,15 +367,15 @@ def run_study(study: Study, address: str | None = None) -> StudyResult:
     from akd_ray import report as reports
     from akd_ray import tracking
 
-    validate(study)
+    space = validate(study)
     # one checkpoint per epoch is by design (resumable trials): Tune's warning about it is noise
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     uri = tracking.tracking_uri(study)
     tracking.check_reachable(uri)  # before any trial or run exists
+    parent = None
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))}})
+        ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
     try:
         max_concurrent = check_resources(study)
         layout = Layout.of(study)
@@ -361,11 +383,9 @@ def run_study(study: Study, address: str | None = None) -> StudyResult:
         parent = tracking.start_study(study, Path(study.source).read_text() if study.source else "",
                                       Path(study.search.space).read_text())
         teacher_dirs = prepare_teachers(study)
-        from akd_ray.teacher import teacher_info
         tracking.log_teacher_fingerprints(parent, {n: teacher_info(d)["fingerprint"] for n, d in teacher_dirs.items()})
         callback = tracking.MlflowCallback(study, parent)
 
-        space = validate(study)
         total = sum(study.search.trials[m] for m in study.search.methods) * len(study.pairs)
         rows = trial_rows(run_phase(study, "search", PairedSearch(study, space), total, teacher_dirs,
                                     [callback], max_concurrent))
@@ -376,19 +396,15 @@ def run_study(study: Study, address: str | None = None) -> StudyResult:
         callback.flush()
 
         if study.mlflow.register_best:
-            from akd_ray.tasks import load_task
-            task = None
-            for teacher, student in study.pairs:
-                done = [r for r in rows if r["teacher"] == teacher and r["student"] == student and r["checkpoint"]]
-                if not done:
-                    continue
-                best = max(done, key=lambda r: r[METRIC])
-                task = task or load_task(study.task, str(teacher_dirs[teacher]))
-                tracking.register_best(study, (teacher, student), callback.run_id(best["trial_id"]),
-                                       Path(best["checkpoint"]) / STUDENT_DIR, task)
+            register_best_students(study, rows, teacher_dirs, callback)
         files = reports.write_report(study, rows, layout.report)
         tracking.log_report(parent, files)
+        tracking.finish_study(parent)
         return StudyResult(rows, layout, uri, files)
+    except BaseException:
+        if parent is not None:
+            tracking.finish_study(parent, "FAILED")
+        raise
     finally:
         if started_ray:
             ray.shutdown()

@@ -134,7 +134,8 @@ class TeacherLogits:
         return self._memory[(snapshot, view)]
 
     def get(self, epoch: int, idx: torch.Tensor, snapshot: int | None = None) -> torch.Tensor:
-        return self.table(epoch, snapshot)[idx.to(self.device)]
+        # non_blocking: a blocking host->device copy synchronises the stream, once per training step
+        return self.table(epoch, snapshot)[idx.to(self.device, non_blocking=True)]
 
     def _load_or_compute(self, view: int, snapshot: int | None) -> torch.Tensor:
         name = f"{'final' if snapshot is None else f'ckpt{snapshot}'}-view{view}.pt"

@@ -8,8 +8,10 @@ best student of each pair as a registered model, and the report.
     pair    -> registered model `<study>-<teacher>-<student>`, alias `best`, a pyfunc on raw inputs
 
 Everything is idempotent by tag, so a resumed study or a restarted trial reuses its runs. Only the
-driver process calls this module. The trial callback never lets an unreachable server stop a study:
-failed calls stay buffered in memory, in order, and are retried on later callbacks and in `flush()`.
+driver process calls this module; `start_study` makes the study's tracking URI the process default,
+which the later calls use. The trial callback never lets an unreachable server stop a study: failed
+calls stay buffered, in order, are retried, and are spooled to disk if the server is still away at
+the end of a phase.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import re
 import subprocess
 import tempfile
 import time
+import uuid
 import warnings
 from collections import deque
 from dataclasses import dataclass, field
@@ -42,7 +45,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, ML
 from ray.tune import Callback
 
 import akd_ray
-from akd_ray.config import HF_KINDS, Study, TaskSpec
+from akd_ray.config import Study, TaskSpec
 from akd_ray.models import SPEC_FILE, WEIGHTS_FILE, load_model, logits_of, spec_of
 from akd_ray.tasks.base import Split, TaskData
 
@@ -229,22 +232,30 @@ class _TrialRun:
     trial_id: str
     name: str
     tags: dict[str, str]
+    # ["params", {..}] | ["metrics", step | None, {..}, ms, final] | ["tags", {..}] | ["text", text, path]
+    # | ["running"] | ["end", status, ms]: plain JSON, so a spool file can hold them
+    calls: deque = field(default_factory=deque)
     run_id: str | None = None
-    calls: deque = field(default_factory=deque)  # ("params", dict) | ("metrics", step, dict, ms, final) | ...
-    steps: set[int] = field(default_factory=set)  # epochs already in the run (this session or an earlier one)
+    steps: set[int] = field(default_factory=set)  # epochs the run holds (from this session or an earlier one)
     final_logged: bool = False
-    last_epoch: int = 0
     params: dict[str, str] = field(default_factory=dict)  # what the run already holds
-    ended: bool = False  # Tune said complete/error
+    ended: bool = False  # Tune said complete or error
+
+    def to_json(self) -> dict:
+        return {"trial_id": self.trial_id, "name": self.name, "tags": self.tags, "calls": list(self.calls)}
 
 
 class MlflowCallback(Callback):
     """Tune callback: one child run per trial under the study's parent run, written from the driver.
 
-    Calls that fail because MLflow is unreachable are kept in memory and retried on later callbacks
-    (at most every `retry_s` seconds while the server is down) and by `flush()`; the user is warned
-    once per outage. A resumed or restarted trial finds its run by the `akd.trial_id` tag and skips
-    epochs that run already holds, so nothing is duplicated.
+    Calls that fail because MLflow is unreachable stay buffered in memory, in order, and are retried
+    on later callbacks (at most every `retry_s` seconds while the server is down) and by `flush()`;
+    the user is warned once. What is still unwritten when a phase ends goes to a spool file under the
+    study's storage, which the next `MlflowCallback` of the study (a resumed run) sends first.
+
+    A resumed or restarted trial finds its run by the `akd.trial_id` tag and skips the epochs the
+    run already holds, so nothing is duplicated. Note that `Tuner.restore` runs with unpickled
+    copies of the callbacks, not this object: ask `run_id()`, which falls back to MLflow.
     """
 
     def __init__(self, study: Study, parent_run_id: str, retry_s: float = 30.0):
@@ -254,70 +265,70 @@ class MlflowCallback(Callback):
         self.retry_s = retry_s
         self.client = client_for(self.uri)
         self.experiment_id = self.client.get_run(parent_run_id).info.experiment_id
+        self.spool_dir = study_dir(study)
+        self._spool = self.spool_dir / f"mlflow-pending-{uuid.uuid4().hex[:8]}.json"
         self._trials: dict[str, _TrialRun] = {}
         self._down_since: float | None = None  # monotonic time of the first failure of an outage
         self._next_try = 0.0
         self._warned = False
         self._tune_dir: str | None = None
+        self._load_spools()
 
     # -- Tune's hooks -------------------------------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         state = self._state(trial)
         if state.ended:  # started again after it ended (a retry): the run is running again
-            state.calls.append(("running",))
+            state.calls.append(["running"])
             state.ended = False
-        state.calls.append(("params", {k: _param_text(v) for k, v in trial.config.items()}))
+        state.calls.append(["params", {k: _param_text(v) for k, v in trial.config.items()}])
         self._try_flush()
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        state = self._state(trial)
-        metrics = {_metric_key(k): float(v) for k, v in result.items()
-                   if k not in TUNE_KEYS and _is_number(v)}
-        step = int(result["epoch"]) if "epoch" in result else state.last_epoch  # final: at the last epoch
-        state.calls.append(("metrics", step, metrics, int(time.time() * 1000), bool(result.get("final"))))
+        metrics = {_metric_key(k): float(v) for k, v in result.items() if k not in TUNE_KEYS and _is_number(v)}
+        step = int(result["epoch"]) if "epoch" in result else None  # None: at the last epoch (the final result)
+        self._state(trial).calls.append(["metrics", step, metrics, _now_ms(), bool(result.get("final"))])
         self._try_flush()
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        state = self._state(trial)
         finished = bool((trial.last_result or {}).get("final"))
-        state.calls.append(("tags", {OUTCOME_TAG: "finished" if finished else "stopped"}))
-        state.calls.append(("end", "FINISHED", int(time.time() * 1000)))
-        state.ended = True
-        self._try_flush()
+        self._end(trial, "FINISHED", {OUTCOME_TAG: "finished" if finished else "stopped"})
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        state = self._state(trial)
         text = _error_text(trial)
-        state.calls.append(("tags", {OUTCOME_TAG: "failed", ERROR_TAG: text}))
-        state.calls.append(("text", text, "error.txt"))
-        state.calls.append(("end", "FAILED", int(time.time() * 1000)))
-        state.ended = True
-        self._try_flush()
+        self._end(trial, "FAILED", {OUTCOME_TAG: "failed", ERROR_TAG: text}, text)
 
     def on_experiment_end(self, trials: list, **info) -> None:
         self.flush()
 
     # -- for the driver ------------------------------------------------------------------------------
     def run_id(self, trial_id: str) -> str | None:
-        """The child run of a trial seen by this callback (None while MLflow has been unreachable)."""
+        """The child run of a trial: known to this callback, else looked up in MLflow; None if neither."""
         state = self._trials.get(trial_id)
-        return state.run_id if state else None
+        if state is not None and state.run_id is not None:
+            return state.run_id
+        found = self._find(trial_id)
+        return found.info.run_id if found else None
 
     @property
     def pending(self) -> int:
-        """Calls not yet written to MLflow."""
+        """Calls not yet written to MLflow (a run still to be created counts as one)."""
         return sum(len(s.calls) + (s.run_id is None) for s in self._trials.values())
 
     def flush(self) -> int:
-        """Write every buffered call now; return how many are still pending (0: all in MLflow)."""
+        """Write every buffered call now; spool what is left to disk; return how many calls are left."""
         self._write_all()
-        if self.pending:
-            log.warning(
-                "MLflow at %s is still unreachable: %d call(s) of %d trial(s) were NOT written. They are "
-                "lost when this process ends; every result is also in Tune's folder %s (result.json per "
-                "trial). Start the server and call flush() again, or re-run the study to resume it.",
-                self.uri, self.pending, sum(1 for s in self._trials.values() if s.calls or s.run_id is None),
-                self._tune_dir or "(the study's storage)")
+        left = [s.to_json() for s in self._trials.values() if s.calls or s.run_id is None]
+        if not left:
+            self._spool.unlink(missing_ok=True)
+            return 0
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._spool.with_suffix(".tmp")
+        tmp.write_text(json.dumps(left))
+        tmp.replace(self._spool)
+        log.warning("MLflow at %s is still unreachable: %d call(s) of %d trial(s) are NOT in MLflow yet. They "
+                    "are saved in %s and sent when the study runs again (it resumes); every result is also in "
+                    "Tune's folder %s.", self.uri, self.pending, len(left), self._spool,
+                    self._tune_dir or self.spool_dir)
         return self.pending
 
     # -- the buffer ----------------------------------------------------------------------------------
@@ -335,6 +346,27 @@ class MlflowCallback(Callback):
             state = self._trials[trial.trial_id] = _TrialRun(trial.trial_id, name, {k: str(v) for k, v in tags.items()})
         return state
 
+    def _end(self, trial, status: str, tags: dict[str, str], error_text: str | None = None) -> None:
+        state = self._state(trial)
+        state.calls.append(["tags", tags])
+        if error_text is not None:
+            state.calls.append(["text", error_text, "error.txt"])  # the whole traceback; the tag keeps its end
+        state.calls.append(["end", status, _now_ms()])
+        state.ended = True
+        self._try_flush()
+
+    def _load_spools(self) -> None:
+        """Take over what earlier drivers of this study could not write (their spool files)."""
+        for path in sorted(self.spool_dir.glob("mlflow-pending-*.json")):
+            for saved in json.loads(path.read_text()):
+                state = self._trials.setdefault(saved["trial_id"],
+                                                _TrialRun(saved["trial_id"], saved["name"], saved["tags"]))
+                state.calls.extend(saved["calls"])
+            path.unlink()  # ours now: flush() writes it again under our name if it cannot be sent
+        if self._trials:
+            log.warning("MLflow: sending %d call(s) saved while %s was unreachable", self.pending, self.uri)
+            self.flush()
+
     def _try_flush(self) -> None:
         if self._down_since is None or time.monotonic() >= self._next_try:
             self._write_all()
@@ -349,16 +381,16 @@ class MlflowCallback(Callback):
                         try:
                             self._write(state, state.calls[0])
                         except MlflowException as e:
-                            if not _permanent(e):
+                            if e.error_code not in PERMANENT:
                                 raise
-                            log.warning("MLflow rejected %s of run %s (%s); skipped", state.calls[0][0],
+                            log.warning("MLflow rejected %s for run %s (%s); skipped", state.calls[0][0],
                                         state.run_id, e.message)
                         state.calls.popleft()
         except (MlflowException, requests.RequestException, OSError) as e:
             self._outage(e)
             return
         if self._down_since is not None:
-            log.warning("MLflow at %s answers again after %.0f s: all buffered results are written.",
+            log.warning("MLflow at %s answers again after %.0f s: the buffered results are written.",
                         self.uri, time.monotonic() - self._down_since)
             self._down_since = None
 
@@ -370,51 +402,53 @@ class MlflowCallback(Callback):
         if not self._warned:
             self._warned = True
             log.warning(
-                "MLflow at %s failed (%s: %s).\nThe study goes on: results are kept in memory and written "
-                "when the server answers again (retried every %.0f s and at the end of each phase). Keep this "
-                "process running until then. This warning is shown once.",
-                self.uri, type(error).__name__, str(error).splitlines()[0][:300] if str(error) else "", self.retry_s)
+                "MLflow at %s is not answering (%s). The study goes on: results are kept in memory and "
+                "written when the server is back (tried again every %.0f s and at the end of each phase). "
+                "This warning is shown once.", self.uri, _reason(error), self.retry_s)
+
+    def _find(self, trial_id: str):
+        with callback_env():
+            found = self.client.search_runs(
+                [self.experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and "
+                                                    f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'",
+                order_by=["attributes.start_time ASC"], max_results=1)
+        return found[0] if found else None
 
     def _open(self, state: _TrialRun) -> None:
         """Find the trial's run by tag (a restart, a resumed study) or create it."""
-        found = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{TRIAL_TAG}` = '{state.trial_id}' and tags.`{MLFLOW_PARENT_RUN_ID}` = "
-                          f"'{self.parent_run_id}'",
-            order_by=["attributes.start_time ASC"], max_results=1)
-        if not found:
+        run = self._find(state.trial_id)
+        if run is None:
             state.run_id = self.client.create_run(self.experiment_id, run_name=state.name, tags=state.tags).info.run_id
             return
-        run = found[0]
         state.params = dict(run.data.params)
         state.final_logged = "final" in run.data.metrics
         if "epoch" in run.data.metrics:
             state.steps = {m.step for m in self.client.get_metric_history(run.info.run_id, "epoch")}
-            state.last_epoch = max(state.steps)
         if run.info.status != "RUNNING":
             self.client.update_run(run.info.run_id, status="RUNNING")
         state.run_id = run.info.run_id
 
-    def _write(self, state: _TrialRun, call: tuple) -> None:
+    def _write(self, state: _TrialRun, call: list) -> None:
         kind, run_id = call[0], state.run_id
         if kind == "params":
-            new = {k: v for k, v in call[1].items() if k not in state.params}
-            changed = {k for k, v in call[1].items() if k in state.params and state.params[k] != _clip(v, MAX_PARAM_CHARS)}
+            new = {k: _clip(v, MAX_PARAM_CHARS) for k, v in call[1].items()}
+            changed = sorted(k for k, v in new.items() if k in state.params and state.params[k] != v)
             if changed:  # MLflow params are immutable; the first value stays
-                log.warning("trial %s restarted with different %s; its run %s keeps the first values",
-                            state.trial_id, ", ".join(sorted(changed)), run_id)
+                log.warning("trial %s started again with different %s; its run %s keeps the first values",
+                            state.trial_id, ", ".join(changed), run_id)
+            new = {k: v for k, v in new.items() if k not in state.params}
             _log_batch(self.client, run_id, params=new)
-            state.params.update({k: _clip(v, MAX_PARAM_CHARS) for k, v in new.items()})
+            state.params.update(new)
         elif kind == "metrics":
             _, step, values, ms, final = call
             if (final and state.final_logged) or (not final and step in state.steps):
-                return  # already in the run: a restarted trial re-reporting
+                return  # already in the run: a restarted trial reporting again
+            step = max(state.steps, default=0) if step is None else step
             _log_batch(self.client, run_id, metrics=[Metric(k, v, ms, step) for k, v in values.items()])
             if final:
                 state.final_logged = True
             else:
                 state.steps.add(step)
-                state.last_epoch = max(state.last_epoch, step)
         elif kind == "tags":
             _log_batch(self.client, run_id, tags=call[1])
         elif kind == "text":
@@ -428,17 +462,10 @@ class MlflowCallback(Callback):
 
 
 @contextlib.contextmanager
-def callback_env(retries: int = 1, timeout_s: int = 10) -> Iterator[None]:
-    """MLflow's HTTP client retries for minutes by default; inside a Tune callback, fail in seconds.
-    And it prints a "View run" link per finished run: Tune's console is no place for hundreds.
-
-    Only variables the user has not set are changed, and only for the duration of the block.
-    """
-    wanted = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-              "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
-              "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
-    added = [k for k in wanted if k not in os.environ]
-    os.environ.update({k: wanted[k] for k in added})
+def env_defaults(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables the user has not set, for the duration of the block only."""
+    added = [k for k in values if k not in os.environ]
+    os.environ.update({k: values[k] for k in added})
     try:
         yield
     finally:
@@ -446,8 +473,32 @@ def callback_env(retries: int = 1, timeout_s: int = 10) -> Iterator[None]:
             os.environ.pop(k, None)
 
 
-def _permanent(e: MlflowException) -> bool:
-    return e.error_code in PERMANENT
+@contextlib.contextmanager
+def callback_env(retries: int = 1, timeout_s: int = 10) -> Iterator[None]:
+    """MLflow's HTTP client retries for minutes by default; inside a Tune callback, fail in seconds.
+    And it prints a "View run" link per finished run: Tune's console is no place for hundreds.
+    """
+    retries_log = logging.getLogger("urllib3.connectionpool")  # one "Retrying ..." warning per failed call
+    level = retries_log.level
+    retries_log.setLevel(logging.ERROR)
+    try:
+        with env_defaults({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                           "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
+                           "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}):
+            yield
+    finally:
+        retries_log.setLevel(level)
+
+
+def _reason(error: Exception) -> str:
+    """The useful end of a connection error ("[Errno 111] Connection refused"), else its first line."""
+    text = str(error)
+    found = re.search(r"\[Errno -?\d+\][^'\")]*", text)
+    return found.group(0).strip() if found else f"{type(error).__name__}: {text.splitlines()[0][:200] if text else ''}"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _is_number(v: Any) -> bool:
@@ -598,7 +649,7 @@ def register_best(study: Study, pair: tuple[str, str], run_id: str, checkpoint_d
     """Log the pair's best student into its trial's run as a pyfunc and register it, alias `best`.
 
     `checkpoint_dir` is the student folder (`model.json` inside) or a trial checkpoint holding
-    `student/`. `task` (TaskData, else the study's TaskSpec) gives the input example and labels.
+    `student/`. `task` (TaskData: real inputs; default the study's task) makes the input example.
     Returns the ModelVersion; `mlflow.pyfunc.load_model("models:/<name>@best")` predicts with it.
     """
     folder = Path(checkpoint_dir)
@@ -608,6 +659,13 @@ def register_best(study: Study, pair: tuple[str, str], run_id: str, checkpoint_d
         raise FileNotFoundError(f"{checkpoint_dir}: no saved student ({SPEC_FILE}, or {STUDENT_ARTIFACT}/{SPEC_FILE})")
     teacher, student = pair
     name = model_name(study.name, teacher, student)
+    uri = tracking_uri(study)
+    mlflow.set_tracking_uri(uri)
+    client = client_for(uri)
+    with contextlib.suppress(MlflowException):  # no such model or alias yet
+        current = client.get_model_version_by_alias(name, ALIAS)
+        if current.run_id == run_id:
+            return current  # a resumed study: this trial is already the registered best
     task_name = task.name if task is not None else study.task.name
     config = {"task": task_name, "max_seq_length": study.task.max_seq_length}
     example = _input_example(task_name, task, folder)
@@ -618,10 +676,8 @@ def register_best(study: Study, pair: tuple[str, str], run_id: str, checkpoint_d
         warnings.filterwarnings("ignore", message=".*integer column")
         signature = mlflow.models.infer_signature(example, wrapper.predict(None, example))
 
-    uri = tracking_uri(study)
-    mlflow.set_tracking_uri(uri)
-    client = client_for(uri)
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+    quiet = env_defaults({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
+    with tempfile.TemporaryDirectory() as tmp, quiet, mlflow.start_run(run_id=run_id):
         code = Path(tmp) / "student_model.py"  # models from code: a readable file, no pickled object
         code.write_text(MODEL_CODE)
         info = mlflow.pyfunc.log_model(

@@ -25,7 +25,7 @@ TRIALS = {"scratch": 1, "kd": 1, "annealing": 3}
 
 
 def small_study(tmp_path: Path, tracking_uri: str) -> Path:
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE, sort_keys=False))
     study = {
         "name": "tiny",
         "task": {"name": "digits"},
