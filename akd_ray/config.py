@@ -130,6 +130,8 @@ class SearchSpec(Frozen):
     scheduler: Literal["none", "asha"] = "none"
     grace_period: int = Field(2, ge=1, description="ASHA: epochs before a trial can be stopped")
     warm_start: tuple[dict[str, Any], ...] = Field((), description="points every pair tries first")
+    warm_start_from_pairs: bool = Field(True, description="a pair also tries the best point other "
+                                                          "pairs found for the same method")
     confirm_seeds: int = Field(3, ge=0, description="re-runs of each pair's best annealing and kd config")
 
     @property

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import optuna
 import ray
 import torch
 from optuna.samplers import TPESampler
@@ -32,6 +33,7 @@ from akd_ray.method.schedules import stage_split, step_period
 from akd_ray.space import Space, define_by_run, load_space
 from akd_ray.teacher import teacher_info
 
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per Optuna study is noise here
 METRIC, MODE = "val_best", "max"  # best-so-far validation metric: comparable across stages (ASHA)
 IDENTITY = ("teacher", "student", "method", "phase", "seed")  # fixed per trial, never searched
 CONFIRMED = ("annealing", "kd", "scratch")  # re-run over seeds: the picks and their baselines
@@ -130,17 +132,23 @@ class PairedSearch(Searcher):
                     points_to_evaluate=[p for p in warm if p] or None)
                 self.budget[key] = study.search.trials[method]
                 self.started[key] = 0
+        self.warm_from_pairs = study.search.warm_start_from_pairs
+        self.params_of: dict[str, dict] = {}
+        self.best: dict[tuple[str, str, str], tuple[float, dict]] = {}  # key -> (score, params)
+        self.seeded: set[tuple[str, str, str]] = set()
 
     def suggest(self, trial_id: str) -> dict | str | None:
         open_groups = [k for k in self.groups if self.started[k] < self.budget[k]]
         if not open_groups:
             return Searcher.FINISHED
         key = min(open_groups, key=lambda k: self.started[k])
+        self._seed_from_other_pairs(key)
         params = self.groups[key].suggest(trial_id)
         if params is None:
             return None
         self.started[key] += 1
         self.owner[trial_id] = key
+        self.params_of[trial_id] = params
         teacher, student, method = key
         return {"teacher": teacher, "student": student, "method": method, "phase": "search", **params}
 
@@ -149,8 +157,27 @@ class PairedSearch(Searcher):
             self.groups[self.owner[trial_id]].on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self.owner:
-            self.groups[self.owner[trial_id]].on_trial_complete(trial_id, result, error)
+        if trial_id not in self.owner:
+            return
+        key = self.owner[trial_id]
+        self.groups[key].on_trial_complete(trial_id, result, error)
+        if not error and result and METRIC in result:
+            if key not in self.best or result[METRIC] > self.best[key][0]:
+                self.best[key] = (result[METRIC], self.params_of[trial_id])
+
+    def _seed_from_other_pairs(self, key: tuple[str, str, str]) -> None:
+        """Warm start: a pair's search tries the best point another pair found for the same method
+        first (once), so temperatures carry across pairs instead of every pair starting cold."""
+        if not self.warm_from_pairs or key in self.seeded:
+            return
+        donors = [best for k, best in self.best.items() if k[2] == key[2] and k[:2] != key[:2]]
+        if donors:
+            point = max(donors, key=lambda b: b[0])[1]
+            if point:
+                # OptunaSearch keeps its optuna.Study private; enqueue_trial is how it seeds its
+                # own points_to_evaluate too
+                self.groups[key]._ot_study.enqueue_trial(point)
+            self.seeded.add(key)
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:

@@ -1,0 +1,68 @@
+"""PairedSearch without Ray running: budgets per pair and method, warm start, resumability."""
+
+from __future__ import annotations
+
+import pickle
+
+from ray.tune.search import Searcher
+
+from akd_ray.config import load_study
+from akd_ray.study import PairedSearch, validate
+
+QUICKSTART = "studies/quickstart.yaml"
+
+
+def suggest_all(search: PairedSearch, n: int) -> list[dict]:
+    return [search.suggest(f"t{i}") for i in range(n)]
+
+
+def test_every_pair_and_method_gets_exactly_its_budget_then_finished():
+    study = load_study(QUICKSTART)
+    search = PairedSearch(study, validate(study))
+    total = sum(study.search.trials.values()) * len(study.pairs)
+    configs = suggest_all(search, total)
+    for teacher, student in study.pairs:
+        for method, n in study.search.trials.items():
+            mine = [c for c in configs if (c["teacher"], c["student"], c["method"]) == (teacher, student, method)]
+            assert len(mine) == n
+    assert search.suggest("one-more") == Searcher.FINISHED
+    # round-robin: the first suggestions cover every group before any group gets a second trial
+    groups = len(study.pairs) * len(study.search.trials)
+    firsts = {(c["student"], c["method"]) for c in configs[:groups]}
+    assert len(firsts) == groups
+
+
+def test_a_pair_is_warm_started_with_another_pairs_best_point():
+    study = load_study(QUICKSTART)
+    search = PairedSearch(study, validate(study))
+    configs = dict(zip([f"t{i}" for i in range(6)], suggest_all(search, 6)))
+    donor = next(t for t, c in configs.items() if (c["student"], c["method"]) == ("mlp-16", "annealing"))
+    search.on_trial_complete(donor, {"val_best": 0.9})
+    later = [search.suggest(f"u{i}") for i in range(6)]
+    seeded = next(c for c in later if (c["student"], c["method"]) == ("mlp-4", "annealing"))
+    keys = ("tau_max", "schedule", "stage1_fraction", "lr")
+    assert {k: seeded[k] for k in keys} == {k: configs[donor][k] for k in keys}
+
+
+def test_no_warm_start_when_switched_off():
+    study = load_study(QUICKSTART, ["search.warm_start_from_pairs=false"])
+    search = PairedSearch(study, validate(study))
+    configs = dict(zip([f"t{i}" for i in range(6)], suggest_all(search, 6)))
+    donor = next(t for t, c in configs.items() if (c["student"], c["method"]) == ("mlp-16", "annealing"))
+    search.on_trial_complete(donor, {"val_best": 0.9})
+    later = [search.suggest(f"u{i}") for i in range(6)]
+    other = next(c for c in later if (c["student"], c["method"]) == ("mlp-4", "annealing"))
+    assert other["lr"] != configs[donor]["lr"]
+
+
+def test_search_state_survives_a_save_and_restore(tmp_path):
+    study = load_study(QUICKSTART)
+    search = PairedSearch(study, validate(study))
+    suggest_all(search, 5)
+    search.save(str(tmp_path / "search.pkl"))
+    restored = PairedSearch(study, validate(study))
+    restored.restore(str(tmp_path / "search.pkl"))
+    assert restored.started == search.started and restored.owner == search.owner
+    rest = suggest_all(restored, 7)  # 12 in all: the remaining budget, not a fresh one
+    assert all(isinstance(c, dict) for c in rest) and restored.suggest("x") == Searcher.FINISHED
+    pickle.dumps(restored.__dict__)
