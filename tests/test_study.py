@@ -100,3 +100,58 @@ def test_bad_resources_fail_before_any_trial_or_run(tmp_path, mlflow_server):
     assert "resources: a trial needs 1 GPU(s)" in result.stderr
     assert MlflowClient(mlflow_server.uri).get_experiment_by_name("nogpu") is None
     assert not (tmp_path / "results/nogpu/tune").exists()
+
+
+def test_default_store_report_and_ui_show_the_study(tmp_path):
+    """The embedded default: a SQLite store under the study's storage, browsed with `akd-ray ui`."""
+    import socket
+    import time
+
+    import requests
+
+    study = small_study(tmp_path, None)
+    data = yaml.safe_load(study.read_text())
+    data["search"]["trials"] = {"kd": 1, "annealing": 1}
+    data["search"]["confirm_seeds"] = 0
+    data["students"] = {"mlp-8": {"kind": "mlp", "hidden": [8]}}
+    study.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert tune(study).returncode == 0
+    assert (tmp_path / "results/tiny/mlflow.db").exists()
+
+    report = subprocess.run([sys.executable, "-m", "akd_ray.cli", "report", str(study)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    assert "| mlp-128 | mlp-8 |" in report.stdout
+    for png in ("metric_vs_tau_max.png", "capacity_gap.png", "schedule.png"):
+        assert (tmp_path / "results/tiny/report" / png).stat().st_size > 1000
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ui = subprocess.Popen([sys.executable, "-m", "akd_ray.cli", "ui", str(study), "--port", str(port)], cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                          env={**__import__("os").environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    try:
+        api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                exps = requests.post(f"{api}/experiments/search", json={"max_results": 10}, timeout=5).json()
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "mlflow ui did not start"
+                time.sleep(1)
+        exp = next(e for e in exps["experiments"] if e["name"] == "tiny")
+        runs = requests.post(f"{api}/runs/search", json={"experiment_ids": [exp["experiment_id"]]}, timeout=10).json()["runs"]
+        tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+        parents = [t for t in tags if "mlflow.parentRunId" not in t]
+        children = [t for t in tags if "mlflow.parentRunId" in t]
+        assert len(parents) == 1 and len(children) == 2
+        models = requests.get(f"{api}/registered-models/search", timeout=10).json()["registered_models"]
+        best = [m for m in models if m["name"].startswith("tiny-")]
+        assert len(best) == 1 and any(a["alias"] == "best" for a in best[0].get("aliases", []))
+    finally:
+        import os
+        import signal
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)
