@@ -64,6 +64,7 @@ def pair_table(study: Study, rows: list[dict]) -> list[dict]:
             "tau_max": a["params"].get("tau_max", study.train.tau_max),
             "schedule": a["params"].get("schedule", study.train.schedule),
             "stage1_fraction": round(a["params"].get("stage1_fraction", study.train.stage1_fraction), 3),
+            "decay": a["params"].get("decay", study.train.decay),
             "annealing": a["mean"], "annealing_std": a["std"],
             "kd": k["mean"], "kd_std": k["std"], "scratch": s["scratch"]["mean"], "scratch_std": s["scratch"]["std"],
             "seeds": a["n"], "gain_over_kd": gain,
@@ -131,10 +132,11 @@ def plots(study: Study, rows: list[dict], table: list[dict], folder: Path) -> li
     for r in table:
         epochs = study.train.epochs
         first, _ = stage_split(epochs, r["stage1_fraction"])
-        Ts = [temperature(r["schedule"], e, first, r["tau_max"], study.train.decay) for e in range(first)]
+        Ts = [temperature(r["schedule"], e, first, r["tau_max"], r["decay"]) for e in range(first)]
+        Ts.append(Ts[-1])  # each value holds for its whole epoch: draw the last one to the stage's end
         label = f"{r['teacher']} → {r['student']} ({r['schedule']}, tau_max={r['tau_max']})"
-        ax_t.step(range(first), Ts, where="post", label=label)
-        ax_p.step(range(first), [phi(T, r["tau_max"]) for T in Ts], where="post")
+        ax_t.step(range(first + 1), Ts, where="post", label=label)
+        ax_p.step(range(first + 1), [phi(T, r["tau_max"]) for T in Ts], where="post")
     ax_t.set(xlabel="stage-I epoch", ylabel="T", title="temperature")
     ax_p.set(xlabel="stage-I epoch", ylabel="phi(T)", title="teacher-logit scale")
     ax_t.legend(fontsize=6)
