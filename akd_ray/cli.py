@@ -63,6 +63,9 @@ def tune(study: StudyArg, address: Annotated[Optional[str], typer.Option(help="R
     failed = [r for r in result.rows if r.get("error")]
     if failed:
         say(f"{len(failed)} trial(s) failed; see the MLflow runs tagged akd.error")
+        for r in failed:  # the traceback's last line says why
+            say(f"  {r.get('trial_id', '?')} {r['method']} {r['teacher']}->{r['student']}: "
+                f"{r['error'].strip().splitlines()[-1]}")
     say(f"results: {result.layout.root}\nMLflow:  {result.tracking_uri}  (browse: akd-ray ui {study})")
 
 

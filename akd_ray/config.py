@@ -143,7 +143,8 @@ class Resources(Frozen):
     workers: int = Field(1, ge=1, description="DDP workers per trial (>1 wraps the trial in Ray Train)")
     cpus_per_worker: float = Field(1, gt=0)
     gpus_per_worker: float = Field(0, ge=0, description="fractions pack small trials on one GPU")
-    max_concurrent: int | None = Field(None, ge=1, description="None: as many as the resources allow")
+    max_concurrent: int | None = Field(None, ge=1, description="None: as many as the cluster has room for "
+                                                                  "at the start; more for an autoscaling cluster")
     max_failures: int = Field(1, ge=0, description="retries of a trial after a worker failure")
 
     @field_validator("gpus_per_worker")

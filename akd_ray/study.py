@@ -12,10 +12,12 @@ with `Tuner.restore`, so finished trials are never run again.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pickle
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -39,6 +41,7 @@ IDENTITY = ("teacher", "student", "method", "phase", "seed")  # fixed per trial,
 CONFIRMED = ("annealing", "kd", "scratch")  # re-run over seeds: the picks and their baselines
 STATE_FILE = "state.pt"
 STUDENT_DIR = "student"
+FAULTS_ENV = "AKD_RAY_FAULTS"  # tests only: see _inject_fault
 
 
 # ---------------------------------------------------------------------------------------- layout
@@ -100,11 +103,12 @@ def check_resources(study: Study) -> int:
         raise ConfigError(f"{study.source}: resources: a trial needs {need_cpu:g} CPU(s) "
                           f"({r.workers} workers x {r.cpus_per_worker:g}) but the cluster has {cpus:g}")
     # A Train-wrapped trial's own process holds no resources (see run_phase), so cap concurrency
-    # by what the workers need: otherwise waiting trials could starve running ones.
+    # by what the workers need: otherwise waiting trials could starve running ones. A max_concurrent
+    # set in the study is kept even above that: an autoscaling cluster adds nodes for waiting trials.
     fits = math.floor(cpus / need_cpu)
     if need_gpu:
         fits = min(fits, math.floor(gpus / need_gpu))
-    return max(1, min(fits, r.max_concurrent or fits))
+    return r.max_concurrent or max(1, fits)
 
 
 # ---------------------------------------------------------------------------------------- search
@@ -170,7 +174,10 @@ class PairedSearch(Searcher):
         first (once), so temperatures carry across pairs instead of every pair starting cold."""
         if not self.warm_from_pairs or key in self.seeded:
             return
-        donors = [best for k, best in self.best.items() if k[2] == key[2] and k[:2] != key[:2]]
+        # not a point this pair tried already: its own best may have come back as another pair's best
+        tried = [params for trial_id, params in self.params_of.items() if self.owner[trial_id] == key]
+        donors = [best for k, best in self.best.items()
+                  if k[2] == key[2] and k[:2] != key[:2] and best[1] not in tried]
         if donors:
             point = max(donors, key=lambda b: b[0])[1]
             if point:
@@ -213,21 +220,50 @@ def fit(run: RunConfig, report: Callable, get_checkpoint: Callable, checkpoint_c
             if (Path(d) / STATE_FILE).exists():
                 resume = torch.load(Path(d) / STATE_FILE, weights_only=False, map_location="cpu")
 
+    node_id = ray.get_runtime_context().get_node_id()  # which node trained it, in every result
+
     def on_epoch(metrics: dict, state: Callable[[], dict]) -> None:
+        metrics = {**metrics, "node_id": node_id}
         if not is_chief:
             return report(metrics)
         with tempfile.TemporaryDirectory() as d:
             torch.save(state(), Path(d) / STATE_FILE)
             report(metrics, checkpoint=checkpoint_cls.from_directory(d))
+        _inject_fault(metrics["epoch"], node_id)
 
     with tempfile.TemporaryDirectory() as d:
         result = run_distillation(run, on_epoch=on_epoch, resume=resume,
                                   save_dir=Path(d) / STUDENT_DIR if is_chief else None)
-        final = {**result, "final": 1, METRIC: result["val_best"]}
+        final = {**result, "final": 1, METRIC: result["val_best"], "node_id": node_id}
         if is_chief:
             report(final, checkpoint=checkpoint_cls.from_directory(d))
         else:
             report(final)
+
+
+def _inject_fault(epoch: int, node_id: str) -> None:
+    """Faults on demand, for the cluster tests: `$AKD_RAY_FAULTS` names a folder of `*.fault` files,
+    each holding `exit N` or `pause N`. The first trial to report epoch N (with its checkpoint) claims
+    a file -- an atomic rename to `*.claimed`, so one trial per file -- says who it is in `*.json`, then
+    dies at once (`exit`: a killed worker) or waits until the test deletes `*.claimed` (`pause`)."""
+    folder = os.environ.get(FAULTS_ENV)
+    for fault in sorted(Path(folder).glob("*.fault")) if folder else []:
+        try:
+            action, at = fault.read_text().split()
+            if int(at) != epoch:
+                continue
+            claimed = fault.rename(fault.with_suffix(".claimed"))
+        except (OSError, ValueError):  # another trial claimed it first
+            continue
+        who = {"trial_id": tune.get_context().get_trial_id(), "node_id": node_id, "pid": os.getpid(),
+               "epoch": epoch}
+        fault.with_suffix(".tmp").write_text(json.dumps(who))
+        fault.with_suffix(".tmp").rename(fault.with_suffix(".json"))
+        if action == "exit":
+            os._exit(1)
+        while claimed.exists():
+            time.sleep(0.1)
+        return
 
 
 def _train_worker(config: dict) -> None:
@@ -337,7 +373,7 @@ def trial_rows(grid: tune.ResultGrid) -> list[dict]:
             **{k: config.get(k) for k in IDENTITY},
             "params": {k: v for k, v in config.items() if k not in IDENTITY},
             **{k: v for k, v in m.items() if k.startswith("test_") or k in
-               ("val_best", "best_epoch", "student_parameters", "time_total_s", "trial_id")},
+               ("val_best", "best_epoch", "student_parameters", "time_total_s", "trial_id", "node_id")},
             "finished": finished,
             "error": str(result.error) if result.error else None,
             # Train-wrapped trials hand Tune the path of the Train checkpoint (TuneReportCallback)
