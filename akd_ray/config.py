@@ -156,7 +156,8 @@ class Resources(Frozen):
 
 
 class MlflowSpec(Frozen):
-    tracking_uri: str | None = Field(None, description="None: sqlite store under the study's storage")
+    tracking_uri: str | None = Field(None, description="None: $MLFLOW_TRACKING_URI, else a sqlite store "
+                                                       "under the study's storage")
     experiment: str | None = Field(None, description="None: the study name")
     register_best: bool = True
 

@@ -12,6 +12,7 @@ with `Tuner.restore`, so finished trials are never run again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -112,7 +113,19 @@ def check_resources(study: Study) -> int:
 
 
 # ---------------------------------------------------------------------------------------- search
-class PairedSearch(Searcher):
+class Resumable(Searcher):
+    """A searcher whose whole state pickles: Tune saves it with the experiment, `Tuner.restore` reloads it."""
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+class PairedSearch(Resumable):
     """One OptunaSearch per (teacher, student, method): each group gets exactly its trial budget.
 
     Suggestions go round-robin to the group with the fewest trials so far, so every pair advances
@@ -186,13 +199,6 @@ class PairedSearch(Searcher):
                 self.groups[key]._ot_study.enqueue_trial(point)
             self.seeded.add(key)
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
 
 
 # ---------------------------------------------------------------------------------------- trials
@@ -218,7 +224,7 @@ def fit(run: RunConfig, report: Callable, get_checkpoint: Callable, checkpoint_c
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             if (Path(d) / STATE_FILE).exists():
-                resume = torch.load(Path(d) / STATE_FILE, weights_only=False, map_location="cpu")
+                resume = torch.load(Path(d) / STATE_FILE, weights_only=True, map_location="cpu")
 
     node_id = ray.get_runtime_context().get_node_id()  # which node trained it, in every result
 
@@ -298,7 +304,7 @@ def trial(config: dict, study: Study, teacher_dirs: dict[str, Path]) -> None:
     trainer.fit()
 
 
-class Points(Searcher):
+class Points(Resumable):
     """Fixed configurations in order (the confirmation re-runs), resumable like any searcher."""
 
     def __init__(self, points: list[dict]):
@@ -314,13 +320,6 @@ class Points(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         pass
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
 
 
 # ---------------------------------------------------------------------------------------- driver
@@ -456,17 +455,20 @@ def run_study(study: Study, address: str | None = None) -> StudyResult:
         if points:
             rows += trial_rows(run_phase(study, "confirm", Points(points), len(points), teacher_dirs,
                                          [callback], max_concurrent))
-        callback.flush()
-
+        files = reports.write_report(study, rows, layout.report)  # local first: never lost to MLflow
+        if callback.flush():
+            raise tracking.TrackingError(
+                f"MLflow at {uri} is unreachable at the end of the study: results are in {layout.root}, "
+                f"unsent MLflow calls are kept there; run `akd-ray tune` on the study again to send them")
         if study.mlflow.register_best:
             register_best_students(study, rows, teacher_dirs, callback)
-        files = reports.write_report(study, rows, layout.report)
         tracking.log_report(parent, files)
         tracking.finish_study(parent)
         return StudyResult(rows, layout, uri, files)
     except BaseException:
         if parent is not None:
-            tracking.finish_study(parent, "FAILED")
+            with contextlib.suppress(Exception):  # MLflow may be the thing that failed
+                tracking.finish_study(parent, "FAILED")
         raise
     finally:
         if started_ray:

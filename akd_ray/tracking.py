@@ -74,9 +74,10 @@ class TrackingError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------- where
 def tracking_uri(study: Study) -> str:
-    """The study's MLflow: `mlflow.tracking_uri`, else a SQLite store under `<storage>/<name>/`."""
-    if study.mlflow.tracking_uri:
-        return study.mlflow.tracking_uri
+    """The study's MLflow: `mlflow.tracking_uri`, else $MLFLOW_TRACKING_URI (what a cluster sets on
+    every node), else a SQLite store under `<storage>/<name>/`."""
+    if study.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+        return study.mlflow.tracking_uri or os.environ["MLFLOW_TRACKING_URI"]
     # MLflow 3 deprecates the file store; SQLite keeps runs, metrics and the model registry offline
     return f"sqlite:///{study_dir(study) / 'mlflow.db'}"
 

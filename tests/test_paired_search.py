@@ -66,3 +66,18 @@ def test_search_state_survives_a_save_and_restore(tmp_path):
     rest = suggest_all(restored, 7)  # 12 in all: the remaining budget, not a fresh one
     assert all(isinstance(c, dict) for c in rest) and restored.suggest("x") == Searcher.FINISHED
     pickle.dumps(restored.__dict__)
+
+
+def test_a_warm_start_never_hands_a_pair_a_point_it_already_tried():
+    study = load_study(QUICKSTART)
+    search = PairedSearch(study, validate(study))
+    configs = dict(zip([f"t{i}" for i in range(6)], suggest_all(search, 6)))
+    mine = next(t for t, c in configs.items() if (c["student"], c["method"]) == ("mlp-16", "annealing"))
+    other = next(t for t, c in configs.items() if (c["student"], c["method"]) == ("mlp-4", "annealing"))
+    # mlp-4 was seeded with mlp-16's point in an earlier suggestion, so that point is now mlp-4's own
+    search.params_of[other] = dict(search.params_of[mine])
+    search.on_trial_complete(other, {"val_best": 0.95})
+    search.on_trial_complete(mine, {"val_best": 0.5})
+    later = [search.suggest(f"u{i}") for i in range(6)]
+    again = next(c for c in later if (c["student"], c["method"]) == ("mlp-16", "annealing"))
+    assert {k: again[k] for k in search.params_of[mine]} != search.params_of[mine]
