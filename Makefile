@@ -18,3 +18,8 @@ test-fast: install       ## unit tests only
 
 quickstart: install      ## the offline quickstart study: local Ray, local MLflow store
 	$(VENV)/bin/akd-ray tune studies/quickstart.yaml
+
+SIZE ?= cpu
+bench: install           ## one trial's cost vs the naive loop, and Ray's per-trial overhead (SIZE=gpu on an H100/H200)
+	$(PY) bench/bench.py --size $(SIZE) --out akd-results/bench/bench-$(SIZE).json
+	$(PY) bench/ray_overhead.py --out akd-results/bench/ray-overhead.json

@@ -1,14 +1,15 @@
 """What one Annealing-KD trial costs: akd-ray's worker against the naive reference loop.
 
-    python bench/bench.py --size cpu --out bench-cpu.json       # a laptop or CI box, ~2 minutes
+    python bench/bench.py --size cpu --out bench-cpu.json       # a small CPU box: about a minute
     python bench/bench.py --size gpu --out bench-gpu.json       # one H100/H200: 50k CIFAR-shaped images
     python bench/bench.py --size cpu --data-dir ../shared/data/cifar10-subset/jpg --teacher-epochs 5
 
 One process, one teacher -> student pair, the same data, epochs, optimizer and lr schedule, run as:
-  naive       the reference loop shape (Annealing-KD's official code): torchvision RandomCrop(32, 4) +
+  naive       the shape of the official Annealing-KD loop: torchvision RandomCrop(32, 4) +
               RandomHorizontalFlip + ToTensor + Normalize on PIL images through a DataLoader with
               --workers processes, teacher forward on every step, fp32, batch 128, MSE to
-              phi(T) * teacher logits in stage I, cross-entropy in stage II, loss.item() per step
+              phi(T) * teacher logits in stage I, cross-entropy in stage II; it sums loss.item()
+              every step, as typical PyTorch loops do (a CPU-GPU sync per step on a GPU)
   student     akd-ray's worker (`run_distillation`, method scratch): the student alone on akd-ray's
               data path -- the floor an Annealing-KD epoch is measured against
   anneal-cold akd-ray's worker, method annealing, with an empty teacher-logit cache: each stage-I
@@ -48,17 +49,35 @@ from akd_ray.tasks.base import Split, TaskData  # noqa: E402
 from akd_ray.tasks.cifar import STATS, CifarInputs  # noqa: E402
 from akd_ray.teacher import TEACHER_FILE, weights_fingerprint  # noqa: E402
 
-# every default of a size in one place; the command line overrides any of them
+# every default of a size in one place; the command line overrides any of them.
+# eval_batch: evaluation and teacher-logit batches, both loops. On a CPU a ResNet forward is about 2x
+# slower per image at 512 than at 128 (measured on the 2-core box of docs/PERFORMANCE.md).
+# workers: the naive loop's DataLoader processes. On 2 cores they only compete with the training
+# threads (0 was fastest there); a GPU box feeds the GPU from its 16 cores.
 SIZES = {
-    "cpu": dict(teacher_depth=20, student_depth=8, train_samples=1536, eval_samples=512, epochs=6, tau_max=3,
-                workers=2),
+    "cpu": dict(teacher_depth=20, student_depth=8, train_samples=3072, eval_samples=512, epochs=6, tau_max=3,
+                workers=0, eval_batch=128),
     "gpu": dict(teacher_depth=110, student_depth=8, train_samples=50_000, eval_samples=10_000, epochs=10,
-                tau_max=5, workers=8),
+                tau_max=5, workers=8, eval_batch=512),
 }
 BATCH = 128  # images per step, for both loops (the papers' batch size)
-EVAL_BATCH = 512
 LR = 0.05  # SGD, nesterov momentum 0.9, weight decay 5e-4, cosine per stage, for both loops
 SEED = 0  # student init and batch order
+LOAD_BEFORE = os.getloadavg()  # (1, 5, 15-minute) load when the benchmark started
+
+
+def busy_seconds() -> tuple[float, float, float]:
+    """(CPU seconds of the whole machine, of this process and its reaped children, wall clock) so far."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        machine_s = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle, iowait
+    except (OSError, ValueError, IndexError):
+        machine_s = float("nan")  # not Linux
+    t = os.times()
+    return machine_s, t.user + t.system + t.children_user + t.children_system, time.monotonic()
+
+
+BUSY_BEFORE = busy_seconds()
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -176,7 +195,7 @@ def naive_run(task: TaskData, teacher_dir: Path, run: RunConfig, device: torch.d
         model.eval()
         right = 0
         with torch.no_grad():
-            for x, y in torch.utils.data.DataLoader(PILImages(split, eval_tf), batch_size=EVAL_BATCH,
+            for x, y in torch.utils.data.DataLoader(PILImages(split, eval_tf), batch_size=run.train.eval_batch_size,
                                                     num_workers=workers, pin_memory=cuda):
                 right += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
         return right / len(split)
@@ -237,36 +256,37 @@ def akd_run(task: TaskData, run: RunConfig) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- teacher
-def make_teacher(task: TaskData, spec_task: TaskSpec, depth: int, epochs: int, folder: Path) -> tuple[Path, dict]:
+def make_teacher(task: TaskData, spec_task: TaskSpec, depth: int, epochs: int, folder: Path,
+                 eval_batch: int, device: torch.device) -> tuple[Path, dict]:
     """A prepared-teacher folder. epochs 0: untrained weights, BatchNorm statistics from the training
     images (as costly to run as a trained one); epochs > 0: trained by the worker (method scratch)."""
     spec = ResNet(kind="resnet", depth=depth)
     info: dict = {"name": f"resnet{depth}", "prepared": "train" if epochs else "untrained"}
     if epochs:
         run = RunConfig(task=spec_task, student_model=spec, method="scratch", seed=SEED,
-                        train=recipe(max(2, epochs), 2, precision="auto"))
+                        train=recipe(max(2, epochs), 2, "auto", eval_batch))
         t0 = time.perf_counter()
         metrics = run_distillation(run, save_dir=folder, task=task)
         info.update(metrics=metrics, train_seconds=time.perf_counter() - t0)
     else:
         torch.manual_seed(SEED + 1)
-        model = build_model(spec, task)
+        model = build_model(spec, task).to(device)
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.momentum = None  # cumulative: the statistics of the whole pass
         model.train()
         with torch.no_grad():
-            for idx in torch.arange(min(len(task.train), 4096)).split(EVAL_BATCH):
-                model(**task.batch(task.train, idx, torch.device("cpu"))[0])
+            for idx in torch.arange(min(len(task.train), 4096)).split(BATCH):
+                model(**task.batch(task.train, idx, device)[0])
         save_model(model, spec, folder, task)
     info["fingerprint"] = weights_fingerprint(folder)
     (folder / TEACHER_FILE).write_text(json.dumps(info, indent=2, default=str))
     return folder, info
 
 
-def recipe(epochs: int, tau_max: int, precision: str) -> TrainSpec:
+def recipe(epochs: int, tau_max: int, precision: str, eval_batch: int) -> TrainSpec:
     return TrainSpec(epochs=epochs, stage1_fraction=0.5, tau_max=tau_max, schedule="step", batch_size=BATCH,
-                     eval_batch_size=EVAL_BATCH, optimizer="sgd", lr=LR, momentum=0.9, weight_decay=5e-4,
+                     eval_batch_size=eval_batch, optimizer="sgd", lr=LR, momentum=0.9, weight_decay=5e-4,
                      lr_schedule="cosine", precision=precision)
 
 
@@ -302,10 +322,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", type=int, help="whole run; half are stage I")
     p.add_argument("--tau-max", type=int)
     p.add_argument("--workers", type=int, help="DataLoader worker processes of the naive loop")
+    p.add_argument("--eval-batch", type=int, help="evaluation and teacher-logit batch size, both loops")
     p.add_argument("--data-dir", type=Path, help="a CIFAR-10 ImageFolder copy (train/, test/); default synthetic")
     p.add_argument("--teacher-epochs", type=int, default=0, help="0: untrained teacher (throughput only)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="akd-ray's worker (auto: bf16 autocast on GPU); the naive loop is always fp32")
+    p.add_argument("--sync-debug", action="store_true",
+                   help="GPU: warn at every CPU-GPU synchronisation in akd-ray's runs (expected: per epoch only)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     p.add_argument("--workdir", type=Path, help="teacher and logit cache (default: a temporary folder, removed)")
     args = p.parse_args(argv)
@@ -327,9 +350,10 @@ def main(argv: list[str] | None = None) -> dict:
             task = synthetic_task(size["train_samples"], size["eval_samples"])
         load_seconds = time.perf_counter() - t0
         teacher_dir, teacher = make_teacher(task, spec_task, size["teacher_depth"], args.teacher_epochs,
-                                            workdir / "teacher")
-        run = RunConfig(task=spec_task, teacher_dir=teacher_dir, student_model=ResNet(kind="resnet", depth=size["student_depth"]),
-                        method="annealing", train=recipe(size["epochs"], size["tau_max"], args.precision),
+                                            workdir / "teacher", size["eval_batch"], device)
+        run = RunConfig(task=spec_task, teacher_dir=teacher_dir, method="annealing",
+                        student_model=ResNet(kind="resnet", depth=size["student_depth"]),
+                        train=recipe(size["epochs"], size["tau_max"], args.precision, size["eval_batch"]),
                         seed=SEED, augment_seed=0, cache_dir=workdir / "cache")
         shutil.rmtree(workdir / "cache", ignore_errors=True)
         warm_up(task, teacher_dir, run, device)
@@ -342,6 +366,8 @@ def main(argv: list[str] | None = None) -> dict:
             ("anneal-warm", lambda: akd_run(task, run)),  # the same run again: logits read from disk
         ]:
             print(f"-- {name} ...", flush=True)
+            if args.sync_debug and device.type == "cuda":  # which lines make the CPU wait for the GPU
+                torch.cuda.set_sync_debug_mode("warn" if name != "naive" else "default")
             with PeakMemory(device) as mem:
                 t0 = time.perf_counter()
                 out = fn()
@@ -359,6 +385,10 @@ def main(argv: list[str] | None = None) -> dict:
         # teacher cost: an Annealing-KD (stage I) epoch over a student-only epoch, same student and data
         "anneal_epoch_over_student_epoch_warm": phases["anneal-warm"]["stage1"]["median_epoch_s"] / student,
         "anneal_epoch_over_student_epoch_cold": phases["anneal-cold"]["stage1"]["median_epoch_s"] / student,
+        # the same within one warm run: stage-I epochs over its stage-II (student-only) epochs; one
+        # process, minutes apart, so less exposed to drift between runs than the figure above
+        "anneal_stage1_over_stage2_warm": (phases["anneal-warm"]["stage1"]["median_epoch_s"]
+                                           / phases["anneal-warm"]["stage2"]["median_epoch_s"]),
         "naive_anneal_epoch_over_student_epoch": naive / student,
         # akd-ray against the reference loop
         "speedup_stage1_epoch_warm": naive / phases["anneal-warm"]["stage1"]["median_epoch_s"],
@@ -368,7 +398,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     result = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "config": {**size, "batch_size": BATCH, "eval_batch_size": EVAL_BATCH, "lr": LR, "optimizer": "sgd",
+        "config": {**size, "batch_size": BATCH, "lr": LR, "optimizer": "sgd",
                    "data": "synthetic" if args.data_dir is None else str(args.data_dir),
                    "train_images": len(task.train), "val_images": len(task.val), "test_images": len(task.test),
                    "load_seconds": load_seconds},
@@ -384,7 +414,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 def machine(device: torch.device) -> dict:
     info = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+            "loadavg_before": LOAD_BEFORE, "loadavg_after": os.getloadavg()}
+    (m0, own0, t0), (m1, own1, t1) = BUSY_BEFORE, busy_seconds()
+    # the share of the machine's CPU time that other processes took while this ran: it skews every figure
+    info["other_cpu_share"] = max(0.0, ((m1 - m0) - (own1 - own0)) / ((t1 - t0) * (os.cpu_count() or 1)))
     if device.type == "cuda":
         info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
     return info
@@ -392,6 +426,9 @@ def machine(device: torch.device) -> dict:
 
 def print_report(r: dict) -> None:
     c, ph = r["config"], r["phases"]
+    other = r["machine"]["other_cpu_share"]
+    print(f"\nother processes took {other:.0%} of the machine's CPU time during the run"
+          + (": the figures are skewed, run it again on a quiet machine" if other > 0.1 else ""))
     print(f"\nResNet-{c['teacher_depth']} -> ResNet-{c['student_depth']}, {c['train_images']} training images "
           f"({c['data']}), {c['epochs']} epochs (stage I {ph['anneal-warm']['stage1'].get('epochs', 0)}), "
           f"batch {c['batch_size']}, on {r['machine'].get('gpu', r['machine']['device'])}")

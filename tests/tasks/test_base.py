@@ -20,7 +20,8 @@ def test_to_moves_every_split_and_keeps_the_original():
     task = image_task()
     moved = task.to("meta")  # a device without memory: placement and shapes, on any machine
     for name in ("train", "val", "test"):
-        assert all(t.device.type == "meta" for t in (*getattr(moved, name).features.values(), getattr(moved, name).labels))
+        split = getattr(moved, name)
+        assert all(t.device.type == "meta" for t in (*split.features.values(), split.labels))
         assert getattr(task, name).labels.device.type == "cpu"
     assert moved.extra_tests["other"].labels.device.type == "meta"
     assert moved.train.features["x"].dtype == torch.uint8  # converted per batch, not up front
