@@ -32,27 +32,26 @@ def test_every_pair_and_method_gets_exactly_its_budget_then_finished():
     assert len(firsts) == groups
 
 
-def test_a_pair_is_warm_started_with_another_pairs_best_point():
-    study = load_study(QUICKSTART)
+def mlp4_after_mlp16_finished(overrides: list[str]) -> tuple[dict, dict]:
+    """(mlp-16's finished annealing point, mlp-4's next annealing suggestion)."""
+    study = load_study(QUICKSTART, overrides)
     search = PairedSearch(study, validate(study))
     configs = dict(zip([f"t{i}" for i in range(6)], suggest_all(search, 6)))
     donor = next(t for t, c in configs.items() if (c["student"], c["method"]) == ("mlp-16", "annealing"))
     search.on_trial_complete(donor, {"val_best": 0.9})
     later = [search.suggest(f"u{i}") for i in range(6)]
-    seeded = next(c for c in later if (c["student"], c["method"]) == ("mlp-4", "annealing"))
+    return configs[donor], next(c for c in later if (c["student"], c["method"]) == ("mlp-4", "annealing"))
+
+
+def test_a_pair_is_warm_started_with_another_pairs_best_point():
+    donor, seeded = mlp4_after_mlp16_finished([])
     keys = ("tau_max", "schedule", "stage1_fraction", "lr")
-    assert {k: seeded[k] for k in keys} == {k: configs[donor][k] for k in keys}
+    assert {k: seeded[k] for k in keys} == {k: donor[k] for k in keys}
 
 
 def test_no_warm_start_when_switched_off():
-    study = load_study(QUICKSTART, ["search.warm_start_from_pairs=false"])
-    search = PairedSearch(study, validate(study))
-    configs = dict(zip([f"t{i}" for i in range(6)], suggest_all(search, 6)))
-    donor = next(t for t, c in configs.items() if (c["student"], c["method"]) == ("mlp-16", "annealing"))
-    search.on_trial_complete(donor, {"val_best": 0.9})
-    later = [search.suggest(f"u{i}") for i in range(6)]
-    other = next(c for c in later if (c["student"], c["method"]) == ("mlp-4", "annealing"))
-    assert other["lr"] != configs[donor]["lr"]
+    donor, other = mlp4_after_mlp16_finished(["search.warm_start_from_pairs=false"])
+    assert other["lr"] != donor["lr"]
 
 
 def test_search_state_survives_a_save_and_restore(tmp_path):
