@@ -102,6 +102,12 @@ def epoch_order(n: int, seed: int, epoch: int, batch_size: int) -> list[torch.Te
     return list(perm.split(batch_size))
 
 
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """How many batches `epoch_order` gives this rank, without drawing a permutation."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return math.ceil((n - n % world) // world / batch_size)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, task: TaskData, split: Split, device: torch.device, batch_size: int,
              autocast: torch.autocast) -> dict[str, float]:
@@ -182,7 +188,7 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
             if stage.number == 2 and state["stage_weights"] is not None and run.method in ("annealing", "prokd"):
                 unwrap(wrapped).load_state_dict(state["stage_weights"])  # stage II from best stage I
             state["stage_best"], state["stage_weights"] = -math.inf, None
-        steps = stage.epochs * len(epoch_order(len(task.train), run.seed, 0, train.batch_size))
+        steps = stage.epochs * batches_per_epoch(len(task.train), train.batch_size)
         optimizer = make_optimizer(wrapped, train, device)  # fresh per stage, as the paper does
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train, steps))
         if resume is not None and state["epoch"] > stage_range.start:  # resumed mid-stage

@@ -121,3 +121,9 @@ def test_plans_split_epochs_between_stages():
     assert [(s.loss, s.epochs, s.number) for s in plan(run.model_copy(update={"method": "annealing", "teacher_dir": "x"}))] \
         == [("anneal", 5, 1), ("ce", 5, 2)]
     assert math.isclose(sum(s.epochs for s in plan(run.model_copy(update={"method": "kd", "teacher_dir": "x"}))), 10)
+
+
+@pytest.mark.parametrize("n,batch", [(1, 7), (63, 64), (64, 64), (65, 64), (1295, 128)])
+def test_batch_count_matches_the_epoch_order(n, batch):
+    from akd_ray.engine import batches_per_epoch, epoch_order
+    assert batches_per_epoch(n, batch) == len(epoch_order(n, 0, 0, batch))
