@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -33,7 +34,7 @@ def _load(path: Path, overrides: list[str] | None) -> Study:
 @app.command()
 def validate(study: StudyArg, set: SetOpt = None) -> None:
     """Check a study file and its search space; start nothing."""
-    from akd_ray.study import validate as check
+    from akd_ray.study import budgets, validate as check
 
     s = _load(study, set)
     try:
@@ -41,31 +42,49 @@ def validate(study: StudyArg, set: SetOpt = None) -> None:
     except ConfigError as e:
         say(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    budget = budgets(s, space)
     say(f"{study}: valid -- task {s.task.name}, {len(s.pairs)} pair(s), methods "
-        f"{', '.join(f'{m} x{n}' for m, n in s.search.trials.items())}, {len(space.params)} searched parameter(s)")
+        f"{', '.join(f'{m} x{n}' for m, n in budget.items())}, {len(space.params)} searched parameter(s)")
+    for m, n in s.search.trials.items():
+        if budget[m] != n:
+            say(f"  {m}: the search space has no parameter for it, so it runs once per pair (trials: {n} -> 1)")
 
 
 @app.command()
 def tune(study: StudyArg, address: Annotated[Optional[str], typer.Option(help="Ray cluster address; "
          "default RAY_ADDRESS, else a local Ray")] = None, set: SetOpt = None) -> None:
-    """Run (or resume) a study on Ray: teachers, per-pair search, confirmation, MLflow, report."""
-    from akd_ray.study import run_study
+    """Run (or resume) a study on Ray: teachers, per-pair search, confirmation, MLflow, report.
+
+    Ctrl-C (or SIGTERM) stops the running trials at their last checkpoint and exits 130 (143); run
+    the same command again to resume. A second Ctrl-C stops at once.
+    """
+    from akd_ray.study import Interrupted, StudyStopped, run_study
     from akd_ray.tracking import TrackingError
 
     s = _load(study, set)
     try:
-        result = run_study(s, address=address)
+        result = run_study(s, address=address, say=say)
     except (ConfigError, TrackingError) as e:
         say(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    except StudyStopped as e:
+        say(f"stopped: {e}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt as e:
+        where = getattr(e, "where", "the study")
+        again = shlex.join(["akd-ray", *sys.argv[1:]]) if sys.argv[1:2] == ["tune"] else f"akd-ray tune {study}"
+        say(f"interrupted during {where}. Finished trials are kept and the MLflow runs of the unfinished "
+            f"ones are marked KILLED; no report was written. Resume with: {again}", err=True)
+        raise typer.Exit(getattr(e, "exit_code", 130)) from None
     say()
-    say((result.layout.report / "pairs.md").read_text())
+    say((result.layout.report / "summary.txt").read_text())
     failed = [r for r in result.rows if r.get("error")]
     if failed:
         say(f"{len(failed)} trial(s) failed; see the MLflow runs tagged akd.error")
         for r in failed:  # the traceback's last line says why
             say(f"  {r.get('trial_id', '?')} {r['method']} {r['teacher']}->{r['student']}: "
                 f"{r['error'].strip().splitlines()[-1]}")
+    say(f"report:  {result.layout.report / 'pairs.md'}")
     say(f"results: {result.layout.root}\nMLflow:  {result.tracking_uri}  (browse: akd-ray ui {study})")
 
 
@@ -92,12 +111,12 @@ def report(study: StudyArg, set: SetOpt = None) -> None:
     s = _load(study, set)
     folder = Layout.of(s).report
     try:
-        rows = load_rows(folder)
+        rows, teachers = load_rows(folder)
     except FileNotFoundError as e:
         say(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    files = write_report(s, rows, folder)
-    say((folder / "pairs.md").read_text())
+    files = write_report(s, rows, folder, teachers)
+    say((folder / "summary.txt").read_text())
     say("written: " + ", ".join(str(f) for f in files))
 
 
