@@ -149,7 +149,7 @@ class GroupedHalving(FIFOScheduler):
 
     def __init__(self, grace_period: int, reduction_factor: int, max_t: int, metric: str = METRIC, mode: str = MODE):
         super().__init__()
-        self.metric, self.sign = metric, 1.0 if mode == "max" else -1.0
+        self._metric, self._mode, self.sign = metric, mode, 1.0 if mode == "max" else -1.0
         self.reduction_factor = reduction_factor
         self.milestones: list[int] = []
         t = grace_period
@@ -165,14 +165,14 @@ class GroupedHalving(FIFOScheduler):
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         group = group_of(trial.config)
         t = rung_time(group[2], result)
-        if t is None or self.metric not in result:
+        if t is None or self._metric not in result:
             return TrialScheduler.CONTINUE
         ladder = self.rungs.setdefault(group, {m: {} for m in self.milestones})
         for milestone in reversed(self.milestones):  # the highest rung reached and not yet recorded
             recorded = ladder[milestone]
             if t < milestone or trial.trial_id in recorded:
                 continue
-            score = self.sign * result[self.metric]
+            score = self.sign * result[self._metric]
             cutoff = (float(np.quantile(list(recorded.values()), 1 - 1 / self.reduction_factor))
                       if recorded else None)
             recorded[trial.trial_id] = score

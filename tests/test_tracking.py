@@ -186,16 +186,6 @@ def tiny_trainable(config: dict) -> None:
                 checkpoint=tune.Checkpoint.from_directory(config["checkpoint"]))
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")
-    # the workers import this module for `tiny_trainable`
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
-    yield ray
-    ray.shutdown()
-
-
 def children(client: MlflowClient, parent_id: str) -> list:
     run = client.get_run(parent_id)
     return client.search_runs([run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
