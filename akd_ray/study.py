@@ -436,6 +436,7 @@ class Signals:
     def __init__(self):
         self.signum: int | None = None
         self.in_tune = False
+        self.stage = "the start of the study"  # what the driver is doing: for the message
         self._before: dict[int, Any] = {}
 
     def __enter__(self) -> "Signals":
@@ -456,7 +457,7 @@ class Signals:
             if self.in_tune:
                 os.kill(os.getpid(), signal.SIGUSR1)  # Tune's graceful stop (tune.run registers it)
                 return
-        raise Interrupted(signum)
+        raise Interrupted(signum, self.stage)
 
 
 # ---------------------------------------------------------------------------------------- teachers
@@ -546,6 +547,7 @@ def run_phase(study: Study, phase: str, searcher: Searcher, num_samples: int, te
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 verbose=int(os.environ.get("AKD_RAY_VERBOSE", "1"))))
     signals = signals or Signals()
+    signals.stage = f"the {phase} phase"
     signals.in_tune = True
     try:
         grid = tuner.fit()
@@ -647,6 +649,7 @@ def run_study(study: Study, address: str | None = None, say: Callable[[str], Non
         layout.root.mkdir(parents=True, exist_ok=True)
         parent = tracking.start_study(study, Path(study.source).read_text() if study.source else "",
                                       Path(study.search.space).read_text())
+        signals.stage = "the teachers' preparation (no trial had started)"
         teacher_dirs = prepare_teachers(study)
         quality = assess_teachers(study, teacher_dirs)
         for name, q in quality.items():
@@ -662,6 +665,7 @@ def run_study(study: Study, address: str | None = None, say: Callable[[str], Non
         if points:
             rows += trial_rows(run_phase(study, "confirm", Points(points), len(points), teacher_dirs,
                                          [callback], max_concurrent, signals))
+        signals.stage = "the report (every trial had finished)"
         files = reports.write_report(study, rows, layout.report, quality)  # local first: never lost to MLflow
         if callback.flush():
             raise tracking.TrackingError(
