@@ -62,7 +62,8 @@ def test_search_state_survives_a_save_and_restore(tmp_path):
     restored = PairedSearch(study, validate(study))
     restored.restore(str(tmp_path / "search.pkl"))
     assert restored.started == search.started and restored.owner == search.owner
-    rest = suggest_all(restored, 7)  # 12 in all: the remaining budget, not a fresh one
+    total = sum(study.search.trials.values()) * len(study.pairs)
+    rest = suggest_all(restored, total - 5)  # the remaining budget, not a fresh one
     assert all(isinstance(c, dict) for c in rest) and restored.suggest("x") == Searcher.FINISHED
     pickle.dumps(restored.__dict__)
 
@@ -97,3 +98,28 @@ def test_a_trial_stopped_early_is_pruned_in_optuna_and_never_a_donor():
     assert trial.state == optuna.trial.TrialState.PRUNED and trial.value == 0.6  # its last epoch, as pruned
     assert trial.intermediate_values == {1: 0.5, 2: 0.6}
     assert ("mlp-256x2", "mlp-16", "annealing") not in search.best  # warm starts take finished trials only
+
+
+def test_a_method_with_nothing_to_search_runs_once(tmp_path):
+    import yaml
+
+    from akd_ray.study import budgets
+
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump({"params": {
+        "tau_max": {"type": "int", "low": 2, "high": 4, "methods": ["annealing"]}}}))
+    data = yaml.safe_load(open(QUICKSTART))
+    data["search"] = {"space": str(tmp_path / "space.yaml"), "trials": {"scratch": 3, "kd": 2, "annealing": 4}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    study = load_study(tmp_path / "s.yaml")
+    assert budgets(study, validate(study)) == {"scratch": 1, "kd": 1, "annealing": 4}
+    search = PairedSearch(study, validate(study))
+    configs = suggest_all(search, 2 * (1 + 1 + 4))
+    assert all(isinstance(c, dict) for c in configs) and search.suggest("x") == Searcher.FINISHED
+
+    from typer.testing import CliRunner
+
+    from akd_ray.cli import app
+
+    out = CliRunner().invoke(app, ["validate", str(tmp_path / "s.yaml")])
+    assert out.exit_code == 0, out.output
+    assert "scratch: the search space has no parameter for it, so it runs once per pair (trials: 3 -> 1)" in out.output
