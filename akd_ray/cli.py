@@ -58,7 +58,7 @@ def tune(study: StudyArg, address: Annotated[Optional[str], typer.Option(help="R
     Ctrl-C (or SIGTERM) stops the running trials at their last checkpoint and exits 130 (143); run
     the same command again to resume. A second Ctrl-C stops at once.
     """
-    from akd_ray.study import Interrupted, StudyStopped, run_study
+    from akd_ray.study import StudyStopped, run_study
     from akd_ray.tracking import TrackingError
 
     s = _load(study, set)
