@@ -191,8 +191,15 @@ def tiny_trainable(config: dict) -> None:
 
 
 def children(client: MlflowClient, parent_id: str) -> list:
+    """The trial runs of a study run: each under its pair's run, which is under the study run."""
     run = client.get_run(parent_id)
-    return client.search_runs([run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    trials = client.search_runs([run.info.experiment_id], filter_string=f"tags.`akd.study_run` = '{parent_id}'")
+    trials = [r for r in trials if tracking.TRIAL_TAG in r.data.tags]
+    for r in trials:
+        pair = client.get_run(r.data.tags["mlflow.parentRunId"])
+        assert pair.data.tags[tracking.PAIR_TAG] == r.data.tags["pair"]
+        assert pair.data.tags["mlflow.parentRunId"] == parent_id
+    return trials
 
 
 @pytest.mark.slow

@@ -22,9 +22,10 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray.tune import Callback
 
 from akd_ray.config import Study
-from akd_ray.tracking.store import (ERROR_TAG, MAX_PARAM_CHARS, OUTCOME_TAG, PERMANENT, TRIAL_TAG, _clip,
+from akd_ray.tracking.store import (ERROR_TAG, MAX_PARAM_CHARS, OUTCOME_TAG, PERMANENT, STUDY_RUN_TAG, TRIAL_TAG, _clip,
                                     _is_number, _log_batch, _now_ms, _reason, callback_env, client_for, study_dir,
                                     tracking_uri)
+from akd_ray.tracking.study_run import pair_run
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,9 @@ class MlflowCallback(Callback):
         if state is None:
             config = trial.config
             teacher, student = config.get("teacher", "?"), config.get("student", "?")
-            tags = {MLFLOW_PARENT_RUN_ID: self.parent_run_id, TRIAL_TAG: trial.trial_id, "study": self.study,
+            # the parent becomes the pair's run when the run is created (see _open)
+            tags = {MLFLOW_PARENT_RUN_ID: self.parent_run_id, STUDY_RUN_TAG: self.parent_run_id,
+                    TRIAL_TAG: trial.trial_id, "study": self.study,
                     "teacher": teacher, "student": student, "pair": f"{teacher}->{student}",
                     "method": config.get("method", "?"), "phase": config.get("phase", "?"),
                     "seed": config.get("seed", "?")}
@@ -218,7 +221,7 @@ class MlflowCallback(Callback):
         with callback_env():
             found = self.client.search_runs(
                 [self.experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and "
-                                                    f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'",
+                                                    f"tags.`{STUDY_RUN_TAG}` = '{self.parent_run_id}'",
                 order_by=["attributes.start_time ASC"], max_results=1)
         return found[0] if found else None
 
@@ -226,7 +229,9 @@ class MlflowCallback(Callback):
         """Find the trial's run by tag (a restart, a resumed study) or create it."""
         run = self._find(state.trial_id)
         if run is None:
-            state.run_id = self.client.create_run(self.experiment_id, run_name=state.name, tags=state.tags).info.run_id
+            pair = pair_run(self.client, self.parent_run_id, state.tags["teacher"], state.tags["student"])
+            tags = {**state.tags, MLFLOW_PARENT_RUN_ID: pair}  # study -> pair -> trial
+            state.run_id = self.client.create_run(self.experiment_id, run_name=state.name, tags=tags).info.run_id
             return
         state.params = dict(run.data.params)
         state.final_logged = "final" in run.data.metrics

@@ -37,11 +37,12 @@ def model_name(study: str, teacher: str, student: str) -> str:
 
 
 def register_best(study: Study, pair: tuple[str, str], run_id: str, checkpoint_dir: Path,
-                  task: TaskData | TaskSpec | None = None):
+                  task: TaskData | TaskSpec | None = None, pick=None):
     """Log the pair's best student into its trial's run as a pyfunc and register it, alias `best`.
 
     `checkpoint_dir` is the student folder (`model.json` inside) or a trial checkpoint holding
     `student/`. `task` (TaskData: real inputs; default the study's task) makes the input example.
+    `pick` (the pair's akd_ray.report.Verdict) goes on the version as tags and its description.
     Returns the ModelVersion; `mlflow.pyfunc.load_model("models:/<name>@best")` predicts with it.
     """
     folder = Path(checkpoint_dir)
@@ -56,8 +57,9 @@ def register_best(study: Study, pair: tuple[str, str], run_id: str, checkpoint_d
     client = client_for(uri)
     with contextlib.suppress(MlflowException):  # no such model or alias yet
         current = client.get_model_version_by_alias(name, ALIAS)
-        if current.run_id == run_id:
-            return current  # a resumed study: this trial is already the registered best
+        if current.run_id == run_id:  # a resumed study: this trial is already the registered best
+            describe_version(client, name, current.version, pick)
+            return client.get_model_version(name, current.version)
     task_name = task.name if task is not None else study.task.name
     config = {"task": task_name, "max_seq_length": study.task.max_seq_length}
     example = _input_example(task_name, task, folder)
@@ -83,7 +85,28 @@ def register_best(study: Study, pair: tuple[str, str], run_id: str, checkpoint_d
     for k, v in {"study": study.name, "teacher": teacher, "student": student, "run_id": run_id,
                  "test_metric": metrics.get("test_metric", "")}.items():
         client.set_model_version_tag(name, version, k, str(v))
+    describe_version(client, name, version, pick)
     return client.get_model_version(name, version)
+
+
+def describe_version(client, name: str, version: str, pick) -> None:
+    """The pair's pick on the model version: tags `pick.method`, `pick.<knob>`, `confirmed`, `verdict`
+    and a description that says what was chosen and how sure the study is."""
+    if pick is None or pick.best is None:
+        return
+    from akd_ray.report import describe
+
+    best = pick.methods[pick.best]
+    confirmed = (f"{100 * best.mean:.2f} ± {100 * best.std:.2f} (95% CI {100 * best.low:.2f}…{100 * best.high:.2f}, "
+                 f"{best.n} seeds)" if best.n > 1 else f"{100 * best.mean:.2f} (1 run)")
+    tags = {"pick.method": pick.best, **{f"pick.{k}": v for k, v in best.config.items()}, "confirmed": confirmed,
+            "verdict": pick.text}
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, str(v))
+    config = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.config.items())
+    client.update_model_version(name, version, description=(
+        f"{describe(pick.best, best.config)} for {pick.teacher} → {pick.student} ({config}). "
+        f"Test metric over the confirmation seeds: {confirmed}. Verdict: {pick.text}."))
 
 
 def _input_example(task_name: str, task: TaskData | TaskSpec | None, folder: Path) -> Any:

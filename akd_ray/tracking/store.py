@@ -20,7 +20,9 @@ from mlflow.entities import Metric, Param, RunTag
 from akd_ray.config import Study
 
 STUDY_TAG = "akd.study"  # on the parent run only: finds it again when a study resumes
-TRIAL_TAG = "akd.trial_id"  # on each child run: finds it again when a trial restarts
+TRIAL_TAG = "akd.trial_id"  # on each trial run: finds it again when a trial restarts
+STUDY_RUN_TAG = "akd.study_run"  # on every run below a study run (pairs, trials): the study run's id
+PAIR_TAG = "akd.pair"  # on each pair run (study -> pair -> trial): `<teacher>-><student>`
 ERROR_TAG = "akd.error"
 OUTCOME_TAG = "akd.outcome"  # finished | stopped (by the scheduler, no final result) | failed
 ALIAS = "best"

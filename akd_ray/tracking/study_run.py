@@ -15,8 +15,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, ML
 
 import akd_ray
 from akd_ray.config import Study
-from akd_ray.tracking.store import (STUDY_TAG, TrackingError, _is_number, _log_batch, _now_ms, check_reachable,
-                                    client_for, study_dir, tracking_uri)
+from akd_ray.tracking.store import (PAIR_TAG, STUDY_RUN_TAG, STUDY_TAG, TrackingError, _is_number, _log_batch,
+                                    _now_ms, check_reachable, client_for, study_dir, tracking_uri)
 
 log = logging.getLogger(__name__)
 # MLflow 3's UI opens an experiment by its kind: without this tag, on the GenAI overview ("Traces: 0");
@@ -61,14 +61,57 @@ def start_study(study: Study, study_file_text: str, space_file_text: str) -> str
 
 def finish_study(parent_run_id: str, status: str = "FINISHED", unfinished: str | None = None) -> None:
     """Mark the parent run FINISHED (or FAILED / KILLED) at the end of a study; with `unfinished`, every
-    trial run still RUNNING under it gets that status too (an interrupted study's trials)."""
+    pair or trial run still RUNNING below it gets that status too (an interrupted study's)."""
     client = client_for()
     if unfinished is not None:
         experiment_id = client.get_run(parent_run_id).info.experiment_id
         for run in client.search_runs([experiment_id], max_results=10_000, filter_string=(
-                f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'RUNNING'")):
+                f"tags.`{STUDY_RUN_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'")):
             client.set_terminated(run.info.run_id, status=unfinished)
     client.set_terminated(parent_run_id, status=status)
+
+
+def pair_run(client: MlflowClient, parent_run_id: str, teacher: str, student: str) -> str:
+    """The run of a teacher-student pair under the study run (found again by tag, or created): its
+    trials nest under it, and at the end it carries the pair's pick (`log_picks`)."""
+    parent = client.get_run(parent_run_id)
+    pair = f"{teacher}->{student}"
+    found = client.search_runs([parent.info.experiment_id], max_results=1, filter_string=(
+        f"tags.`{PAIR_TAG}` = '{pair}' and tags.`{STUDY_RUN_TAG}` = '{parent_run_id}'"))
+    if found:
+        if found[0].info.status != "RUNNING":
+            client.update_run(found[0].info.run_id, status="RUNNING")  # a resumed study adds to it
+        return found[0].info.run_id
+    tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, STUDY_RUN_TAG: parent_run_id, PAIR_TAG: pair,
+            "teacher": teacher, "student": student, "pair": pair,
+            "study": parent.data.tags.get(STUDY_TAG, ""), "akd.level": "pair"}
+    return client.create_run(parent.info.experiment_id, run_name=f"{teacher} → {student}", tags=tags).info.run_id
+
+
+def log_picks(parent_run_id: str, verdicts: list) -> None:
+    """Each pair's run gets its pick: params `pick.method`, `pick.<knob>` (tau_max, schedule, ...),
+    metrics `pick.mean` / `pick.ci_low` / `pick.ci_high` / `pick.seeds`, `<method>.mean` per method and
+    `gain_over_<method>` with its Welch interval, tags `verdict` and `decided`; then FINISHED. Sorted or
+    filtered in the runs table, the pair runs *are* the study's answer."""
+    client = client_for()
+    for v in verdicts:
+        run_id = pair_run(client, parent_run_id, v.teacher, v.student)
+        best = v.methods.get(v.best) if v.best else None
+        params = {"pick.method": v.best or "none", **{f"pick.{k}": val for k, val in (best.config if best else {}).items()}}
+        held = client.get_run(run_id).data.params
+        changed = sorted(k for k, val in params.items() if k in held and held[k] != str(val))
+        if changed:  # MLflow params are immutable: the verdict tag says what the pick is now
+            log.warning("pair run %s keeps its first %s; the new pick is in its `verdict` tag", run_id, changed)
+        metrics = {f"{m}.mean": r.mean for m, r in v.methods.items() if r.n}
+        if best is not None:
+            metrics.update({"pick.mean": best.mean, "pick.std": best.std, "pick.ci_low": best.low,
+                            "pick.ci_high": best.high, "pick.seeds": best.n})
+        for m, (diff, low, high) in v.differences.items():
+            metrics.update({f"gain_over_{m}": diff, f"gain_over_{m}.ci_low": low, f"gain_over_{m}.ci_high": high})
+        _log_batch(client, run_id, params={k: val for k, val in params.items() if k not in held},
+                   metrics=[Metric(k, float(val), _now_ms(), 0) for k, val in metrics.items() if val == val],
+                   tags={"verdict": v.text, "decided": str(v.decided).lower()})
+        client.set_terminated(run_id, status="FINISHED")
 
 
 def _experiment(client: MlflowClient, study: Study) -> str:
