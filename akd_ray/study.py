@@ -206,10 +206,16 @@ def run_config(study: Study, config: dict[str, Any], teacher_dirs: dict[str, Pat
     """The RunConfig of one trial: the study's defaults with the trial's searched values on top."""
     train = study.train.model_copy(update={k: v for k, v in config.items() if k not in IDENTITY})
     teacher_dir = teacher_dirs[config["teacher"]]
+    assistant_dir = None
+    if config["method"] == "takd":  # prepared once per study by prepare_teachers, never per trial
+        from akd_ray.teacher import assistant_folder
+        assistant_dir = assistant_folder(Layout.of(study).root, study.assistant, study.task,
+                                         study.assistant_train or study.train, teacher_dir, study.seed)
     return RunConfig(
         study=study.name, task=study.task, teacher=config["teacher"], teacher_dir=teacher_dir,
         student=config["student"], student_model=study.students[config["student"]],
-        assistant_model=study.assistant, method=config["method"], train=TrainSpec.model_validate(train.model_dump()),
+        assistant_model=study.assistant, assistant_dir=assistant_dir, method=config["method"],
+        train=TrainSpec.model_validate(train.model_dump()),
         seed=config.get("seed", study.seed), augment_seed=study.seed, cache_dir=Layout.of(study).cache)
 
 
@@ -287,7 +293,7 @@ def trial(config: dict, study: Study, teacher_dirs: dict[str, Path]) -> None:
     if r.workers == 1:
         return fit(run, tune.report, tune.get_checkpoint, tune.Checkpoint)
 
-    from ray.train import FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -300,6 +306,9 @@ def trial(config: dict, study: Study, teacher_dirs: dict[str, Path]) -> None:
         # the trial id in the name: a restarted trial finds its own Train checkpoints
         run_config=TrainRunConfig(name=f"train-{trial_id}", storage_path=str(Layout.of(study).tune),
                                   failure_config=FailureConfig(max_failures=r.max_failures),
+                                  # the latest (to resume) and one before it: a checkpoint per epoch would
+                                  # otherwise pile up (a 6-layer BERT student: 1.3 GB each)
+                                  checkpoint_config=CheckpointConfig(num_to_keep=2),
                                   callbacks=[TuneReportCallback()]))
     trainer.fit()
 
@@ -324,14 +333,20 @@ class Points(Resumable):
 
 # ---------------------------------------------------------------------------------------- driver
 def prepare_teachers(study: Study) -> dict[str, Path]:
-    """Each teacher trained (or loaded) once, as a Ray task with one trial's resources."""
-    from akd_ray.teacher import prepare_teacher
+    """Each teacher trained (or loaded) once, as a Ray task with one trial's resources; then, for
+    TAKD, each teacher's assistant, once per study, with the study's assistant recipe."""
+    from akd_ray.teacher import prepare_assistant, prepare_teacher
 
     r = study.resources
     remote = ray.remote(prepare_teacher).options(num_cpus=r.cpus_per_worker, num_gpus=min(1, r.gpus_per_worker))
     refs = {name: remote.remote(name, spec, study.task, Layout.of(study).root, study.seed)
             for name, spec in study.teachers.items()}
-    return {name: Path(ray.get(ref)) for name, ref in refs.items()}
+    dirs = {name: Path(ray.get(ref)) for name, ref in refs.items()}
+    if "takd" in study.search.trials:
+        assistant = ray.remote(prepare_assistant).options(num_cpus=r.cpus_per_worker, num_gpus=min(1, r.gpus_per_worker))
+        ray.get([assistant.remote(study.assistant, study.task, study.assistant_train or study.train, d,
+                                  Layout.of(study).root, study.seed) for d in dirs.values()])
+    return dirs
 
 
 def run_phase(study: Study, phase: str, searcher: Searcher, num_samples: int, teacher_dirs: dict[str, Path],

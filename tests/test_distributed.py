@@ -101,3 +101,14 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path):
                     train=TrainSpec(epochs=2, batch_size=63, device="cpu"))
     with pytest.raises(Exception, match="global batch"):
         run_ranks(run, 2, tmp_path)
+
+
+def test_fractional_gpus_for_several_workers_are_refused_with_the_reason():
+    from pydantic import ValidationError
+
+    from akd_ray.config import Resources
+
+    with pytest.raises(ValidationError, match="two ranks of one trial on the same GPU, which NCCL refuses"):
+        Resources(workers=2, gpus_per_worker=0.5)
+    assert Resources(workers=1, gpus_per_worker=0.5).gpus_per_worker == 0.5  # packing single-worker trials
+    assert Resources(workers=2, gpus_per_worker=1).workers == 2
