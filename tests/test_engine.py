@@ -135,3 +135,14 @@ def test_plans_split_epochs_between_stages():
 def test_batch_count_matches_the_epoch_order(n, batch):
     from akd_ray.engine import batches_per_epoch, epoch_order
     assert batches_per_epoch(n, batch) == len(epoch_order(n, 0, 0, batch))
+
+
+def test_the_engine_imports_neither_teacher_preparation_nor_ray():
+    """Imports point one way: teacher preparation runs the engine, the engine only reads the logit cache."""
+    import subprocess
+    import sys
+
+    code = ("import sys, akd_ray.engine, akd_ray.logits; "
+            "print(sorted(m for m in sys.modules if m == 'akd_ray.teacher' or m.split('.')[0] == 'ray'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
