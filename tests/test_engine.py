@@ -146,3 +146,20 @@ def test_the_engine_imports_neither_teacher_preparation_nor_ray():
             "print(sorted(m for m in sys.modules if m == 'akd_ray.teacher' or m.split('.')[0] == 'ray'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_length_buckets_are_a_seeded_shuffle_of_every_row_that_pads_little():
+    from akd_ray.engine import batches_per_epoch, epoch_order
+
+    lengths = torch.randint(3, 120, (5000,), generator=torch.Generator().manual_seed(0))
+    first = epoch_order(5000, 1, 0, 64, lengths)
+    assert torch.equal(torch.cat(first).sort().values, torch.arange(5000))  # every row once
+    assert len(first) == batches_per_epoch(5000, 64)
+    assert all(torch.equal(a, b) for a, b in zip(first, epoch_order(5000, 1, 0, 64, lengths)))  # seeded
+    other = epoch_order(5000, 1, 1, 64, lengths)
+    assert not torch.equal(torch.cat(first), torch.cat(other))  # a new order every epoch
+
+    def padding(batches):
+        return 1 - float(lengths.sum()) / sum(len(b) * int(lengths[b].max()) for b in batches)
+
+    assert padding(first) < 0.1 < 0.3 < padding(epoch_order(5000, 1, 0, 64))  # vs a uniform shuffle
