@@ -170,3 +170,32 @@ def test_a_resnet_state_dict_is_a_teacher(shared_data, tmp_path):
     wrong = TeacherSpec(model=ResNet(kind="resnet", depth=14), prepare="load", path=tmp_path / "resnet8.pt")
     with pytest.raises(ValueError, match="not a state dict of"):
         prepare_teacher("resnet14", wrong, task_spec, tmp_path / "study")
+
+
+def test_takd_trials_share_one_assistant_per_study_trained_with_its_own_recipe(tmp_path):
+    """The assistant's folder depends on the study (assistant, recipe, teacher, seed), never on a trial's
+    searched alpha, temperature or lr; prepare_assistant builds exactly the folder the trials read."""
+    from akd_ray.config import MLP, SearchSpec, Study
+    from akd_ray.study import Layout, run_config
+    from akd_ray.teacher import prepare_assistant
+
+    task = TaskSpec(name="digits")
+    study = Study(name="takd", task=task, storage=tmp_path,
+                  teachers={"t": TeacherSpec(model=MLP(kind="mlp", hidden=(64,)), train=TrainSpec(epochs=3))},
+                  students={"s": MLP(kind="mlp", hidden=(8,))}, assistant=MLP(kind="mlp", hidden=(16,)),
+                  assistant_train=TrainSpec(epochs=3, lr=5e-3), train=TrainSpec(epochs=4, lr=1e-2),
+                  search=SearchSpec(space=tmp_path / "space.yaml", trials={"takd": 2}))
+    teacher_dir = prepare_teacher("t", study.teachers["t"], task, Layout.of(study).root)
+    trials = [run_config(study, {"teacher": "t", "student": "s", "method": "takd", **searched}, {"t": teacher_dir})
+              for searched in ({"alpha": 0.2, "kd_temperature": 2.0, "lr": 1e-2}, {"alpha": 0.8, "lr": 3e-3})]
+    assert trials[0].assistant_dir == trials[1].assistant_dir
+    assert trials[0].assistant_dir.parent == Layout.of(study).root / "assistants"
+
+    history = []
+    folder = prepare_assistant(study.assistant, task, study.assistant_train, teacher_dir, Layout.of(study).root,
+                               study.seed, on_epoch=lambda m, s: history.append(m["epoch"]))
+    assert folder == trials[0].assistant_dir and history == [0, 1, 2]  # its own recipe: 3 epochs, with progress
+    again = prepare_assistant(study.assistant, task, study.assistant_train, teacher_dir, Layout.of(study).root,
+                              study.seed, on_epoch=lambda m, s: history.append(m["epoch"]))
+    assert again == folder and history == [0, 1, 2]  # ready: not trained again
+    assert run_distillation(trials[0])["test_metric"] > 0.3
