@@ -16,7 +16,6 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Callable
 
 import torch
 from pydantic import TypeAdapter
