@@ -77,7 +77,7 @@ def test_quickstart_resolved():
     assert study.search.methods == ("scratch", "kd", "annealing")
     assert study.search.space == REPO / "search_spaces" / "quickstart.yaml"  # relative to the study file
     assert study.teachers["mlp-256x2"].train.lr == 3.0e-3
-    assert study.train.epochs == 12 and study.train.batch_size == 64
+    assert study.train.epochs == 30 and study.train.batch_size == 64 and study.search.confirm_seeds == 3
     assert study.train.tau_max == 7.0 and study.train.schedule == "step"  # defaults from the schema
 
 
@@ -321,7 +321,7 @@ runner = CliRunner()
 def test_cli_validate_quickstart():
     result = runner.invoke(app, ["validate", str(REPO / "studies" / "quickstart.yaml")])
     assert result.exit_code == 0, result.output
-    assert "quickstart.yaml: valid -- task digits, 2 pair(s), methods scratch x1, kd x2, annealing x3" in result.stdout
+    assert "quickstart.yaml: valid -- task digits, 2 pair(s), methods scratch x1, kd x2, annealing x4" in result.stdout
     assert result.stderr == ""
 
 
