@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from akd_ray.method.schedules import SHAPES, stage_split, step_period
 
@@ -72,6 +72,7 @@ class HFSmall(Frozen):
 
 ModelSpec = Annotated[Union[MLP, CNN, ResNet, HFModel, HFTruncated, HFSmall], Field(discriminator="kind")]
 HF_KINDS = ("hf", "hf_truncate", "hf_config")
+_model_adapter: TypeAdapter = TypeAdapter(ModelSpec)
 
 
 # ---------------------------------------------------------------------------------------- task
@@ -191,11 +192,46 @@ class MlflowSpec(Frozen):
     register_best: bool = True
 
 
+# the student fields a search space may name per model kind (`student.<field>` in search_spaces/*.yaml)
+FAMILY_FIELDS = {"mlp": ("hidden",), "cnn": ("channels",), "resnet": ("depth", "width"),
+                 "hf_truncate": ("layers",), "hf_config": ("layers", "hidden_size", "heads", "intermediate_size")}
+
+
+class FamilySpec(Frozen):
+    """A student family: `model` with the `student.<field>` values a trial draws from the search space.
+    A study with a family searches student size jointly with the method's knobs, on two objectives:
+    the validation metric (max) and the student's cost (min)."""
+    name: str = Field("family", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                      description="the group name: MLflow's teacher->name run, the report's rows")
+    model: ModelSpec = Field(description="the base student; searched fields replace its values (mlp `hidden`: "
+                                         "an int sets every layer's width; cnn `channels`: every block's)")
+    cost: Literal["parameters", "latency"] = Field(
+        "parameters", description="the second objective: parameter count, or inference latency (ms per "
+                                  "batch) measured by the trial's worker on its own hardware")
+    latency_batch_size: int = Field(64, ge=1, description="latency: examples per timed forward pass")
+    latency_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="latency: where to time it "
+                                                                               "(auto: the trial's device)")
+    within: tuple[Annotated[float, Field(gt=0, lt=100)], ...] = Field(
+        (1.0, 2.0, 5.0), description="report the smallest student within X points of the teacher's metric")
+
+    def student(self, values: dict[str, Any]) -> ModelSpec:
+        """The student of one trial: `model` with `values` ({field: value}, the searched student fields)."""
+        base = self.model.model_dump()
+        for field, value in values.items():
+            if field in ("hidden", "channels") and not isinstance(value, (list, tuple)):
+                value = (value,) * len(base[field])  # one width for every layer / block
+            base[field] = value
+        return _model_adapter.validate_python(base)
+
+
 class Study(Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     task: TaskSpec
     teachers: dict[str, TeacherSpec] = Field(min_length=1)
-    students: dict[str, ModelSpec] = Field(min_length=1)
+    students: dict[str, ModelSpec] = Field(default_factory=dict, description="named students: one search per "
+                                                                            "teacher-student pair")
+    family: FamilySpec | None = Field(None, description="instead of named students: student size searched "
+                                                        "(multi-objective: metric vs cost)")
     assistant: ModelSpec | None = Field(None, description="TAKD's teacher assistant")
     assistant_train: TrainSpec | None = Field(None, description="how the assistant is KD-trained from each "
                                                                 "teacher, once per study; None: `train`")
@@ -207,15 +243,29 @@ class Study(Frozen):
     seed: int = 0
     source: Path | None = Field(None, description="set by load_study: the file this came from")
 
+    @field_validator("students")
+    @classmethod
+    def _named(cls, v: dict) -> dict:  # runs only when given: an empty mapping is a mistake, not a family
+        if not v:
+            raise ValueError("should have at least 1 item (or leave `students` out and give a `family`)")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> "Study":
         hf_task = self.task.is_glue
         for where, spec in [*((f"teachers.{k}.model", t.model) for k, t in self.teachers.items()),
                             *((f"students.{k}", s) for k, s in self.students.items()),
+                            *([("family.model", self.family.model)] if self.family else []),
                             *([("assistant", self.assistant)] if self.assistant else [])]:
             if (spec.kind in HF_KINDS) != hf_task:
                 raise ValueError(f"{where}: kind {spec.kind!r} does not fit task {self.task.name!r} "
                                  f"(valid: {', '.join(HF_KINDS) if hf_task else 'mlp, cnn, resnet'})")
+        if bool(self.students) == (self.family is not None):
+            raise ValueError("give either `students` (named students, one search per pair) or a `family` "
+                             "(student size searched), not both or neither")
+        if self.family is not None and self.search.scheduler != "none":
+            raise ValueError("search.scheduler: a family search is multi-objective (metric vs cost), which "
+                             "Optuna cannot prune per epoch; use scheduler: none")
         if "takd" in self.search.trials and self.assistant is None:
             raise ValueError("search.trials has 'takd' but no `assistant` model is given")
         if "prokd" in self.search.trials and any(t.prepare != "train" for t in self.teachers.values()):
@@ -227,7 +277,9 @@ class Study(Frozen):
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
-        return [(t, s) for t in self.teachers for s in self.students]
+        """(teacher, student) groups; with a family, (teacher, family name): one size group per teacher."""
+        students = [self.family.name] if self.family else list(self.students)
+        return [(t, s) for t in self.teachers for s in students]
 
 
 # ---------------------------------------------------------------------------------------- one trial
@@ -249,6 +301,9 @@ class RunConfig(Frozen):
                                                      "model's path; a model derived from the teacher: the teacher's)")
     assistant_dir: Path | None = Field(None, description="takd: the study's prepared assistant (akd_ray.teacher)")
     cache_dir: Path | None = Field(None, description="shared teacher-logit cache; None: in memory only")
+    latency_batch_size: int | None = Field(None, ge=1, description="time the best student's forward pass on a "
+                                                                   "batch this size (a family's latency cost)")
+    latency_device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")
     def _method_needs(self) -> "RunConfig":

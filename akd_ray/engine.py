@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -346,6 +347,30 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
     for name, split in task.extra_tests.items():
         extra = evaluate(best, task, split, device, train.eval_batch_size, autocast)
         result.update({f"test_{name}_{k}": v for k, v in extra.items()})
+    if run.latency_batch_size is not None:
+        result["student_latency_ms"] = inference_latency(best, task, run.latency_batch_size, run.latency_device)
     if save_dir is not None and is_chief():
         save_model(best, run.student_model, Path(save_dir), task)
     return result
+
+
+def inference_latency(model: nn.Module, task: TaskData, batch_size: int, where: str = "auto",
+                      repeats: int = 20) -> float:
+    """Median wall time (ms) of one fp32 forward pass on `batch_size` validation examples, on this
+    worker's hardware: the cost a family study can minimise. Three warm-up passes first."""
+    device = pick_device(TrainSpec(device=where))
+    model = model.to(device).eval()
+    idx = torch.arange(batch_size) % len(task.val)
+    inputs, _ = task.batch(task.val, idx, device)
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 3):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # time the kernels, not their launch
+            t0 = time.perf_counter()
+            logits_of(model, inputs)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= 3:
+                times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)

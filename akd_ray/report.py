@@ -183,7 +183,22 @@ def _pts(x: float) -> str:
 
 
 def verdicts(study: Study, rows: list[dict]) -> list[Verdict]:
+    if study.family is not None:
+        rows = best_config_rows(rows)
     return [judge(study, t, s, rows) for t, s in study.pairs]
+
+
+def best_config_rows(rows: list[dict]) -> list[dict]:
+    """The search rows and only those confirmation rows that re-run a group's best search config of
+    their method: a family study also confirms other configs (its "within X points" picks, see
+    akd_ray.capacity), which are not that method's pick."""
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["teacher"], r["student"], r["method"])
+        if r["phase"] == "search" and r.get("finished") and (key not in best or r["val_best"] > best[key]["val_best"]):
+            best[key] = r
+    return [r for r in rows if r["phase"] != "confirm"
+            or r["params"] == best.get((r["teacher"], r["student"], r["method"]), {}).get("params")]
 
 
 # ---------------------------------------------------------------------------------------- files
@@ -374,7 +389,14 @@ def write_report(study: Study, rows: list[dict], folder: Path, teachers: dict[st
     files.append(folder / "pairs.csv")
     (folder / "pairs.md").write_text(markdown(study, table, quality))
     files.append(folder / "pairs.md")
-    (folder / "summary.txt").write_text(summary(study, table, quality) + "\n")
-    files.append(folder / "summary.txt")
+    text = summary(study, table, quality)
     files += plots(study, rows, table, folder)
+    if study.family is not None:
+        from akd_ray import capacity
+
+        more, lines = capacity.write(study, rows, folder, quality)
+        files += more
+        text += "\n" + "\n".join(["capacity gap (see capacity.md, pareto_*.png):", *lines])
+    (folder / "summary.txt").write_text(text + "\n")
+    files.append(folder / "summary.txt")
     return files

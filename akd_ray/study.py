@@ -37,12 +37,13 @@ from ray.tune.search.optuna import OptunaSearch
 
 from akd_ray.config import ConfigError, RunConfig, Study, TaskSpec, TrainSpec
 from akd_ray.method.schedules import stage_split, step_period
-from akd_ray.space import Space, define_by_run, load_space
+from akd_ray.space import STUDENT, Space, check_family, define_by_run, load_space, student_values
 from akd_ray.teacher import teacher_info
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per Optuna study is noise here
 METRIC, MODE = "val_best", "max"  # best-so-far validation metric: comparable across stages (ASHA)
 IDENTITY = ("teacher", "student", "method", "phase", "seed")  # fixed per trial, never searched
+COST = "student_cost"  # a family's second objective: parameters, or latency in ms (see FamilySearch)
 TWO_STAGE = ("annealing", "prokd")  # stage I distils, stage II trains on the labels
 STATE_FILE = "state.pt"
 STUDENT_DIR = "student"
@@ -70,6 +71,11 @@ def validate(study: Study) -> Space:
     """Everything that can be checked before Ray starts: the space, and the space against the study."""
     space = load_space(study.search.space)
     where = f"{study.source}"
+    if study.family is not None:
+        check_family(space, study.family, study.source)
+    elif space.student_fields:
+        raise ConfigError(f"{space.source}: params.{STUDENT}{next(iter(space.student_fields))}: student fields are "
+                          f"searched only in a study with a `family` ({where} names students)")
     for method in study.search.methods:
         params = space.for_method(method)
         if method in ("annealing", "prokd"):
@@ -89,7 +95,8 @@ def validate(study: Study) -> Space:
                         f"tau_max up to {max(taus)} (search space {space.source}): the step schedule needs "
                         f"one epoch per temperature; raise train.epochs or lower tau_max's high")
     for point in study.search.warm_start:
-        unknown = set(point) - set(TrainSpec.model_fields)
+        unknown = {k for k in point if k not in TrainSpec.model_fields
+                   and not (study.family is not None and k.startswith(STUDENT))}
         if unknown:
             raise ConfigError(f"{where}: search.warm_start: unknown field(s) {sorted(unknown)}")
     return space
@@ -285,11 +292,45 @@ class PairedSearch(Resumable):
             self.seeded.add(key)
 
 
+class FamilySearch(PairedSearch):
+    """A study with a student family: one multi-objective OptunaSearch per (teacher, family, method) --
+    a *size group* -- maximising the validation metric and minimising the student's cost (`COST`:
+    parameters or measured latency) over the student fields and the method's knobs together.
+
+    Budgets, round-robin and warm starts are PairedSearch's, per size group. Optuna cannot prune a
+    multi-objective study, so per-epoch results are not passed on (Ray's OptunaSearch drops them) and
+    a family study refuses early stopping (config.Study). A stopped or failed trial reaches Optuna
+    without values (pruned / failed).
+    """
+
+    def __init__(self, study: Study, space: Space):
+        Resumable.__init__(self, metric=METRIC, mode=MODE)
+        budget = budgets(study, space)
+        self.groups, self.budget, self.started, self.owner = {}, {}, {}, {}
+        for i, (teacher, family) in enumerate(study.pairs):
+            for j, method in enumerate(study.search.methods):
+                params = space.for_method(method)
+                warm = [{k: v for k, v in p.items() if k in params} for p in study.search.warm_start]
+                key = (teacher, family, method)
+                self.groups[key] = OptunaSearch(
+                    space=define_by_run(space, method), metric=[METRIC, COST], mode=[MODE, "min"],
+                    sampler=TPESampler(seed=study.seed + 1000 * i + j, multivariate=True),
+                    points_to_evaluate=[p for p in warm if p] or None)
+                self.budget[key] = budget[method]
+                self.started[key] = 0
+        self.warm_from_pairs = study.search.warm_start_from_pairs
+        self.params_of, self.best, self.seeded = {}, {}, set()
+
+
+def searcher_for(study: Study, space: Space) -> PairedSearch:
+    return FamilySearch(study, space) if study.family is not None else PairedSearch(study, space)
+
 
 # ---------------------------------------------------------------------------------------- trials
 def run_config(study: Study, config: dict[str, Any], teacher_dirs: dict[str, Path]) -> RunConfig:
     """The RunConfig of one trial: the study's defaults with the trial's searched values on top."""
-    train = study.train.model_copy(update={k: v for k, v in config.items() if k not in IDENTITY})
+    train = study.train.model_copy(update={k: v for k, v in config.items()
+                                           if k not in IDENTITY and not k.startswith(STUDENT)})
     teacher_dir = teacher_dirs[config["teacher"]]
     assistant_dir = None
     if config["method"] == "takd":  # prepared once per study by prepare_teachers, never per trial
@@ -298,13 +339,22 @@ def run_config(study: Study, config: dict[str, Any], teacher_dirs: dict[str, Pat
                                          study.assistant_train or study.train, teacher_dir, study.seed)
     return RunConfig(
         study=study.name, task=study.task, teacher=config["teacher"], teacher_dir=teacher_dir,
-        student=config["student"], student_model=study.students[config["student"]],
+        student=config["student"], student_model=student_model(study, config),
         assistant_model=study.assistant, assistant_dir=assistant_dir, method=config["method"],
         train=TrainSpec.model_validate(train.model_dump()),
         # a confirmation seed draws its own init, batch order and augmented views (the teacher-logit
         # cache keys on the augment seed): the spread over seeds covers all three
         seed=config.get("seed", study.seed), augment_seed=config.get("seed", study.seed),
-        cache_dir=Layout.of(study).cache)
+        cache_dir=Layout.of(study).cache,
+        **({"latency_batch_size": study.family.latency_batch_size, "latency_device": study.family.latency_device}
+           if study.family is not None and study.family.cost == "latency" else {}))
+
+
+def student_model(study: Study, config: dict[str, Any]):
+    """A named student's spec, or the family's model with the trial's `student.<field>` values."""
+    if study.family is not None and config["student"] == study.family.name:
+        return study.family.student(student_values(config))
+    return study.students[config["student"]]
 
 
 def fit(run: RunConfig, report: Callable, get_checkpoint: Callable, checkpoint_cls: type,
@@ -334,7 +384,8 @@ def fit(run: RunConfig, report: Callable, get_checkpoint: Callable, checkpoint_c
     with tempfile.TemporaryDirectory() as d:
         result = run_distillation(run, on_epoch=on_epoch, resume=resume,
                                   save_dir=Path(d) / STUDENT_DIR if is_chief else None)
-        final = {**result, "final": 1, METRIC: result["val_best"], "node_id": node_id}
+        final = {**result, "final": 1, METRIC: result["val_best"], "node_id": node_id,
+                 COST: result.get("student_latency_ms", result["student_parameters"])}
         if is_chief:
             report(final, checkpoint=checkpoint_cls.from_directory(d))
         else:
@@ -584,7 +635,8 @@ def trial_rows(grid: tune.ResultGrid) -> list[dict]:
             **{k: config.get(k) for k in IDENTITY},
             "params": {k: v for k, v in config.items() if k not in IDENTITY},
             **{k: v for k, v in m.items() if k.startswith("test_") or k in
-               ("val_best", "best_epoch", "student_parameters", "time_total_s", "trial_id", "node_id")},
+               ("val_best", "best_epoch", "student_parameters", "student_latency_ms", COST, "time_total_s",
+                "trial_id", "node_id")},
             "finished": finished,
             "stopped": not finished and not result.error,  # by early stopping
             "error": str(result.error) if result.error else None,
@@ -595,10 +647,15 @@ def trial_rows(grid: tune.ResultGrid) -> list[dict]:
     return rows
 
 
-def confirmation_points(study: Study, rows: list[dict]) -> list[dict]:
+def confirmation_points(study: Study, rows: list[dict], quality: dict[str, dict] | None = None) -> list[dict]:
     """Each pair's best config of every method, once per confirmation seed (fresh seeds: the search
-    picked on `study.seed`, so its own score would carry the winner's luck)."""
+    picked on `study.seed`, so its own score would carry the winner's luck). With a family, also each
+    teacher's smallest student within X points of it (`family.within`), unless that is one of the
+    former."""
+    from akd_ray.report import smallest_within
+
     points = []
+    chosen: set[tuple] = set()
     for teacher, student in study.pairs:
         for method in study.search.methods:
             done = [r for r in rows if (r["teacher"], r["student"], r["method"]) == (teacher, student, method)
@@ -606,9 +663,20 @@ def confirmation_points(study: Study, rows: list[dict]) -> list[dict]:
             if not done:
                 continue
             best = max(done, key=lambda r: r[METRIC])
+            chosen.add((teacher, method, json.dumps(best["params"], sort_keys=True)))
             for s in range(1, study.search.confirm_seeds + 1):
                 points.append({"teacher": teacher, "student": student, "method": method, "phase": "confirm",
                                "seed": study.seed + s, **best["params"]})
+    for teacher, family in (study.pairs if study.family is not None and quality else []):
+        for x in study.family.within:
+            pick = smallest_within(rows, teacher, quality[teacher]["val"], x)
+            key = pick and (teacher, pick["method"], json.dumps(pick["params"], sort_keys=True))
+            if pick is None or key in chosen:
+                continue
+            chosen.add(key)
+            for s in range(1, study.search.confirm_seeds + 1):
+                points.append({"teacher": teacher, "student": family, "method": pick["method"], "phase": "confirm",
+                               "seed": study.seed + s, **pick["params"]})
     return points
 
 
@@ -678,9 +746,9 @@ def run_study(study: Study, address: str | None = None, say: Callable[[str], Non
         callback = tracking.MlflowCallback(study, parent)
 
         total = sum(budgets(study, space).values()) * len(study.pairs)
-        rows = trial_rows(run_phase(study, "search", PairedSearch(study, space), total, teacher_dirs,
+        rows = trial_rows(run_phase(study, "search", searcher_for(study, space), total, teacher_dirs,
                                     [callback], max_concurrent, signals))
-        points = confirmation_points(study, rows)
+        points = confirmation_points(study, rows, quality)
         if points:
             rows += trial_rows(run_phase(study, "confirm", Points(points), len(points), teacher_dirs,
                                          [callback], max_concurrent, signals))
