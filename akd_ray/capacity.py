@@ -234,11 +234,12 @@ def write(study: Study, rows: list[dict], folder: Path, quality: dict[str, dict]
             t = p.trial or {}
             w.writerow([p.teacher, p.points, t.get("method", ""), t.get(COST, ""), t.get("student_parameters", ""),
                         json.dumps(t.get("params", {})), p.mean, p.low, p.high, len(p.values), p.teacher_test, p.text])
-            md.append(f"| {p.teacher} | {p.points:g} | {NAMES.get(t.get('method'), '—')} | "
-                      f"{t[COST]:,.4g} | {_config(t.get('params', {}))} | " if t else
-                      f"| {p.teacher} | {p.points:g} | — | — | — | ")
-            md[-1] += (f"{100 * p.mean:.2f} | {_pts(p.low)}…{_pts(p.high)} | {len(p.values)} | "
-                       f"{100 * p.teacher_test:.2f} | {p.text} |")
+            if t:
+                md.append(f"| {p.teacher} | {p.points:g} | {NAMES[t['method']]} | {t[COST]:,.4g} | "
+                          f"{_config(t['params'])} | {_pts(p.mean)} | {_pts(p.low)}…{_pts(p.high)} | {len(p.values)} | "
+                          f"{100 * p.teacher_test:.2f} | {p.text} |")
+            else:
+                md.append(f"| {p.teacher} | {p.points:g} | — | — | — | — | — | 0 | {_pts(p.teacher_test)} | {p.text} |")
             summary.append(f"  {p.teacher}: smallest within {p.points:g} points: "
                            + (f"{NAMES[t['method']]} {_config(t['params'])} (cost {t[COST]:,.4g}) — {p.text}"
                               if t else p.text))

@@ -169,7 +169,14 @@ def judge(study: Study, teacher: str, student: str, rows: list[dict]) -> Verdict
 
 
 def describe(method: str, config: dict[str, Any]) -> str:
-    """'Annealing-KD tau_max 4, cosine' / 'KD alpha 0.5, T 4' / 'scratch'."""
+    """'Annealing-KD tau_max 4, cosine' / 'KD alpha 0.5, T 4' / 'scratch'; a family's student size
+    after it: 'KD alpha 0.5, T 4 (student.hidden 16)'."""
+    size = ", ".join(f"{k} {v}" for k, v in config.items() if k.startswith("student."))
+    text = _describe(method, config)
+    return f"{text} ({size})" if size else text
+
+
+def _describe(method: str, config: dict[str, Any]) -> str:
     if method in ("annealing", "prokd"):
         bits = ([f"tau_max {config['tau_max']:g}"] if "tau_max" in config else []) + [str(config["schedule"])]
         return f"{NAMES[method]} {', '.join(bits)}"

@@ -652,7 +652,7 @@ def confirmation_points(study: Study, rows: list[dict], quality: dict[str, dict]
     picked on `study.seed`, so its own score would carry the winner's luck). With a family, also each
     teacher's smallest student within X points of it (`family.within`), unless that is one of the
     former."""
-    from akd_ray.report import smallest_within
+    from akd_ray.capacity import smallest_within
 
     points = []
     chosen: set[tuple] = set()

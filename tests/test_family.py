@@ -242,3 +242,29 @@ def test_every_family_space_validates_against_the_family_study_that_uses_it(path
     study = load_study(REPO / "studies" / f"{path.stem}-family.yaml")
     assert study.search.space == path and study.family is not None
     assert validate(study).student_fields
+
+
+def test_a_latency_cost_is_timed_by_the_worker_and_becomes_the_cost(tmp_path):
+    import torch
+
+    from akd_ray.config import TaskSpec
+    from akd_ray.engine import inference_latency
+    from akd_ray.models import build_model
+    from akd_ray.tasks import load_task
+
+    task = load_task(TaskSpec(name="digits"))
+    small, wide = (build_model(MLP(kind="mlp", hidden=(h,)), task) for h in (4, 4096))
+    torch.set_num_threads(1)
+    ms = [min(inference_latency(m, task, 512, "cpu") for _ in range(3)) for m in (small, wide)]
+    assert 0 < ms[0] < ms[1]  # a 1000x wider layer is slower to run: the timing measures the model
+
+    study = load_study(family_study(tmp_path, {"kind": "mlp"}, {"student.hidden": {"type": "int", "low": 2, "high": 8}},
+                                    family={"model": {"kind": "mlp"}, "cost": "latency", "latency_batch_size": 32,
+                                            "latency_device": "cpu"}))
+    run = run_config(study, {"teacher": "big", "student": "family", "method": "scratch", "phase": "search",
+                             "student.hidden": 4}, {"big": tmp_path})
+    assert (run.latency_batch_size, run.latency_device) == (32, "cpu")
+    per_pair = load_study(REPO / "studies" / "quickstart.yaml")
+    run = run_config(per_pair, {"teacher": "mlp-256x2", "student": "mlp-4", "method": "scratch", "phase": "search"},
+                     {"mlp-256x2": tmp_path})
+    assert run.latency_batch_size is None and run.student_model == per_pair.students["mlp-4"]

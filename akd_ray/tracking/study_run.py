@@ -38,7 +38,7 @@ def start_study(study: Study, study_file_text: str, space_file_text: str) -> str
                                order_by=["attributes.start_time ASC"], max_results=1)
     tags = {
         STUDY_TAG: study.name, "task": study.task.name,
-        "teachers": ", ".join(study.teachers), "students": ", ".join(study.students),
+        "teachers": ", ".join(study.teachers), "students": ", ".join(study.students) or f"family {study.family.name}",
         "methods": ", ".join(study.search.methods), MLFLOW_USER: _user(),
         MLFLOW_RUN_NOTE: (f"Annealing-KD study `{study.name}` on {study.task.name}: "
                           f"{len(study.pairs)} teacher-student pair(s), methods {', '.join(study.search.methods)}."),
