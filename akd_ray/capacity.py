@@ -27,7 +27,7 @@ from scipy import stats
 
 from akd_ray.config import Study
 
-COST = "student_cost"
+COST = "student_cost"  # a family trial's second objective (study.fit): parameters, or latency in ms
 LEVEL = 0.95
 MIN_SEEDS = 3
 MIN_TRIALS_FOR_IMPORTANCE = 4  # fANOVA's forest on fewer points says nothing

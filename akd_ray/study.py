@@ -35,6 +35,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from akd_ray.capacity import COST, smallest_within
 from akd_ray.config import ConfigError, RunConfig, Study, TaskSpec, TrainSpec
 from akd_ray.method.schedules import stage_split, step_period
 from akd_ray.space import STUDENT, Space, check_family, define_by_run, load_space, student_values
@@ -43,7 +44,6 @@ from akd_ray.teacher import teacher_info
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per Optuna study is noise here
 METRIC, MODE = "val_best", "max"  # best-so-far validation metric: comparable across stages (ASHA)
 IDENTITY = ("teacher", "student", "method", "phase", "seed")  # fixed per trial, never searched
-COST = "student_cost"  # a family's second objective: parameters, or latency in ms (see FamilySearch)
 TWO_STAGE = ("annealing", "prokd")  # stage I distils, stage II trains on the labels
 STATE_FILE = "state.pt"
 STUDENT_DIR = "student"
@@ -652,8 +652,6 @@ def confirmation_points(study: Study, rows: list[dict], quality: dict[str, dict]
     picked on `study.seed`, so its own score would carry the winner's luck). With a family, also each
     teacher's smallest student within X points of it (`family.within`), unless that is one of the
     former."""
-    from akd_ray.capacity import smallest_within
-
     points = []
     chosen: set[tuple] = set()
     for teacher, student in study.pairs:

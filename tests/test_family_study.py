@@ -21,7 +21,7 @@ STUDY = ROOT / "studies" / "quickstart-family.yaml"
 
 def test_quickstart_family_searches_sizes_reports_the_front_and_tracks(tmp_path, mlflow_server):
     shrink = ["storage=" + str(tmp_path / "results"), f"mlflow.tracking_uri={mlflow_server.uri}",
-              "teachers.mlp-256x2.train.epochs=12", "train.epochs=8",
+              "teachers.mlp-256x2.train.epochs=12", "train.epochs=10",
               "search.trials={scratch: 2, kd: 2, annealing: 6}", "search.confirm_seeds=2", "family.within=[2, 10]"]
     done = subprocess.run([sys.executable, "-m", "akd_ray.cli", "tune", str(STUDY),
                            *[a for s in shrink for a in ("--set", s)]],
