@@ -28,8 +28,8 @@ from typing import Any, Literal
 import optuna
 from pydantic import Field, ValidationError, model_validator
 
-from akd_ray.config import (FAMILY_FIELDS, METHODS, ConfigError, FamilySpec, Frozen, TrainSpec, format_errors,
-                            read_yaml)
+from akd_ray.config import (FAMILY_FIELDS, METHODS, ConfigError, FamilySpec, Frozen, Study, TrainSpec,
+                            format_errors, read_yaml)
 
 STUDENT = "student."  # search-space names of student-family fields
 
@@ -122,6 +122,16 @@ def _every_value(p: Param) -> list[Any]:
     if p.type == "int" and (p.high - p.low) / (p.step or 1) <= 4096:
         return list(range(int(p.low), int(p.high) + 1, int(p.step or 1)))
     return p.values()
+
+
+def check_student_fields(space: Space, study: Study) -> None:
+    """A family study's space against its family (`check_family`); a study of named students must
+    not name student fields (they would be silently ignored)."""
+    if study.family is not None:
+        check_family(space, study.family, study.source)
+    elif space.student_fields:
+        raise ConfigError(f"{space.source}: params.{STUDENT}{next(iter(space.student_fields))}: student fields are "
+                          f"searched only in a study with a `family` ({study.source} names students)")
 
 
 def check_family(space: Space, family: FamilySpec, study_source: Any = None) -> None:

@@ -38,7 +38,7 @@ from ray.tune.search.optuna import OptunaSearch
 from akd_ray.capacity import COST, smallest_within
 from akd_ray.config import ConfigError, RunConfig, Study, TaskSpec, TrainSpec
 from akd_ray.method.schedules import stage_split, step_period
-from akd_ray.space import STUDENT, Space, check_family, define_by_run, load_space, student_values
+from akd_ray.space import STUDENT, Space, check_student_fields, define_by_run, load_space, student_values
 from akd_ray.teacher import teacher_info
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per Optuna study is noise here
@@ -71,11 +71,7 @@ def validate(study: Study) -> Space:
     """Everything that can be checked before Ray starts: the space, and the space against the study."""
     space = load_space(study.search.space)
     where = f"{study.source}"
-    if study.family is not None:
-        check_family(space, study.family, study.source)
-    elif space.student_fields:
-        raise ConfigError(f"{space.source}: params.{STUDENT}{next(iter(space.student_fields))}: student fields are "
-                          f"searched only in a study with a `family` ({where} names students)")
+    check_student_fields(space, study)
     for method in study.search.methods:
         params = space.for_method(method)
         if method in ("annealing", "prokd"):
