@@ -14,12 +14,14 @@ space can produce is checked against the schema when the file is loaded.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import optuna
 from pydantic import Field, ValidationError, model_validator
 
-from akd_ray.config import METHODS, ConfigError, Frozen, TrainSpec, format_errors, read_yaml
+from akd_ray.config import METHODS, ConfigError, Frozen, Origins, TrainSpec, format_errors, load_yaml
+
+if TYPE_CHECKING:  # optuna is needed only when a search runs, not to read a space
+    import optuna
 
 
 class Param(Frozen):
@@ -95,12 +97,12 @@ class Space(Frozen):
 
 
 def load_space(path: Path) -> Space:
-    data = read_yaml(Path(path))
+    data, lines = load_yaml(Path(path), "search space")
     data["source"] = str(path)
     try:
         return Space.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_errors(str(path), e)) from None
+        raise ConfigError(format_errors(Origins(str(path), lines), e, data)) from None
 
 
 class DefineByRun:

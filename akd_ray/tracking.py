@@ -46,6 +46,7 @@ from ray.tune import Callback
 
 import akd_ray
 from akd_ray.config import Study, TaskSpec
+from akd_ray.config import tracking_uri as _tracking_uri
 from akd_ray.models import SPEC_FILE, WEIGHTS_FILE, load_model, logits_of, spec_of
 from akd_ray.tasks.base import Split, TaskData
 
@@ -74,12 +75,8 @@ class TrackingError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------- where
 def tracking_uri(study: Study) -> str:
-    """The study's MLflow: `mlflow.tracking_uri`, else $MLFLOW_TRACKING_URI (what a cluster sets on
-    every node), else a SQLite store under `<storage>/<name>/`."""
-    if study.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
-        return study.mlflow.tracking_uri or os.environ["MLFLOW_TRACKING_URI"]
-    # MLflow 3 deprecates the file store; SQLite keeps runs, metrics and the model registry offline
-    return f"sqlite:///{study_dir(study) / 'mlflow.db'}"
+    """The study's MLflow URI (see `akd_ray.config.tracking_uri`: read before MLflow is imported)."""
+    return _tracking_uri(study)
 
 
 def study_dir(study: Study) -> Path:
