@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from akd_ray.method.schedules import SHAPES, stage_split, step_period
 
 METHODS = ("scratch", "kd", "takd", "annealing", "prokd")
+CONFIRMED_METHODS = ("annealing", "kd", "scratch")  # re-run over seeds: the picks and their baselines
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 TASKS = ("digits", "cifar10", "cifar100") + tuple(f"glue/{t}" for t in GLUE_TASKS)
 

@@ -31,15 +31,16 @@ from ray import tune
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from akd_ray.config import ConfigError, RunConfig, Study, TrainSpec
-from akd_ray.method.schedules import stage_split, step_period
-from akd_ray.space import Space, define_by_run, load_space
+from akd_ray import preflight, progress
+from akd_ray.config import CONFIRMED_METHODS, ConfigError, RunConfig, Study, TrainSpec
+from akd_ray.preflight import check_space
+from akd_ray.space import Space, define_by_run
 from akd_ray.teacher import teacher_info
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per Optuna study is noise here
 METRIC, MODE = "val_best", "max"  # best-so-far validation metric: comparable across stages (ASHA)
 IDENTITY = ("teacher", "student", "method", "phase", "seed")  # fixed per trial, never searched
-CONFIRMED = ("annealing", "kd", "scratch")  # re-run over seeds: the picks and their baselines
+CONFIRMED = CONFIRMED_METHODS  # re-run over seeds: the picks and their baselines
 STATE_FILE = "state.pt"
 STUDENT_DIR = "student"
 FAULTS_ENV = "AKD_RAY_FAULTS"  # tests only: see _inject_fault
@@ -62,33 +63,7 @@ class Layout:
 
 
 # ---------------------------------------------------------------------------------------- validation
-def validate(study: Study) -> Space:
-    """Everything that can be checked before Ray starts: the space, and the space against the study."""
-    space = load_space(study.search.space)
-    where = f"{study.source}"
-    for method in study.search.methods:
-        params = space.for_method(method)
-        if method in ("annealing", "prokd"):
-            train = study.train
-            taus = params["tau_max"].values() if "tau_max" in params else [train.tau_max]
-            fractions = params["stage1_fraction"].values() if "stage1_fraction" in params else [train.stage1_fraction]
-            epochs = params["epochs"].values() if "epochs" in params else [train.epochs]
-            shapes = params["schedule"].values() if "schedule" in params else [train.schedule]
-            if "step" in shapes and "tau_max" in params and params["tau_max"].type != "int":
-                raise ConfigError(f"{space.source}: params.tau_max: the step schedule needs an integer tau_max; "
-                                  "use type: int, or drop step from the schedule choices")
-            if "step" in shapes:
-                first = min(stage_split(int(e), f)[0] for e in epochs for f in fractions)
-                if step_period(first, int(max(taus))) < 1:
-                    raise ConfigError(
-                        f"{where}: train.epochs/stage1_fraction leave {first} stage-I epoch(s), fewer than "
-                        f"tau_max up to {max(taus)} (search space {space.source}): the step schedule needs "
-                        f"one epoch per temperature; raise train.epochs or lower tau_max's high")
-    for point in study.search.warm_start:
-        unknown = set(point) - set(TrainSpec.model_fields)
-        if unknown:
-            raise ConfigError(f"{where}: search.warm_start: unknown field(s) {sorted(unknown)}")
-    return space
+validate = check_space  # the space against the study: akd_ray.preflight, which runs before Ray starts
 
 
 def check_resources(study: Study) -> int:
@@ -324,14 +299,17 @@ class Points(Resumable):
 
 # ---------------------------------------------------------------------------------------- driver
 def prepare_teachers(study: Study) -> dict[str, Path]:
-    """Each teacher trained (or loaded) once, as a Ray task with one trial's resources."""
+    """Each teacher trained (or loaded) once, as a Ray task with one trial's resources; the live view
+    follows its epochs through a small file each task writes."""
     from akd_ray.teacher import prepare_teacher
 
     r = study.resources
     remote = ray.remote(prepare_teacher).options(num_cpus=r.cpus_per_worker, num_gpus=min(1, r.gpus_per_worker))
-    refs = {name: remote.remote(name, spec, study.task, Layout.of(study).root, study.seed)
+    files = {name: Layout.of(study).teachers / f".{name}.epoch.json" for name in study.teachers}
+    refs = {name: remote.remote(name, spec, study.task, Layout.of(study).root, study.seed,
+                                on_epoch=progress.TeacherEpochs(files[name], spec.train.epochs))
             for name, spec in study.teachers.items()}
-    return {name: Path(ray.get(ref)) for name, ref in refs.items()}
+    return progress.wait_teachers(refs, files)
 
 
 def run_phase(study: Study, phase: str, searcher: Searcher, num_samples: int, teacher_dirs: dict[str, Path],
@@ -424,12 +402,19 @@ class StudyResult:
     report_files: list[Path]
 
 
-def run_study(study: Study, address: str | None = None) -> StudyResult:
-    """Run (or resume) a whole study: validate, start Ray, teachers, search, confirm, track, report."""
+def run_study(study: Study, address: str | None = None, plan: preflight.Plan | None = None,
+              verbose: bool = False) -> StudyResult:
+    """Run (or resume) a whole study: check, start Ray, teachers, search, confirm, track, report.
+
+    `plan`: what `preflight.check` returned (checked here when None) -- every check that needs no
+    training runs before Ray or MLflow start or any folder is made. The live view and status.json
+    (akd_ray.progress) follow the study; Tune's own output goes to `<storage>/<name>/tune.log`
+    unless `verbose`."""
     from akd_ray import report as reports
     from akd_ray import tracking
 
-    space = validate(study)
+    plan = plan or preflight.check(study, address)
+    space = plan.space
     # one checkpoint per epoch is by design (resumable trials): Tune's warning about it is noise
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     uri = tracking.tracking_uri(study)
@@ -442,19 +427,26 @@ def run_study(study: Study, address: str | None = None) -> StudyResult:
         max_concurrent = check_resources(study)
         layout = Layout.of(study)
         layout.root.mkdir(parents=True, exist_ok=True)
+        tracker = progress.start(study, plan, layout.root, verbose)
         parent = tracking.start_study(study, Path(study.source).read_text() if study.source else "",
                                       Path(study.search.space).read_text())
+        tracker.phase("teachers")
         teacher_dirs = prepare_teachers(study)
         tracking.log_teacher_fingerprints(parent, {n: teacher_info(d)["fingerprint"] for n, d in teacher_dirs.items()})
         callback = tracking.MlflowCallback(study, parent)
 
         total = sum(study.search.trials[m] for m in study.search.methods) * len(study.pairs)
+        budgets = {f"{t}->{s}|{m}": study.search.trials[m] for t, s in study.pairs for m in study.search.methods}
+        tracker.phase("search")
         rows = trial_rows(run_phase(study, "search", PairedSearch(study, space), total, teacher_dirs,
-                                    [callback], max_concurrent))
+                                    [callback, progress.ProgressCallback("search", budgets)], max_concurrent))
         points = confirmation_points(study, rows)
         if points:
+            tracker.phase("confirm")
             rows += trial_rows(run_phase(study, "confirm", Points(points), len(points), teacher_dirs,
-                                         [callback], max_concurrent))
+                                         [callback, progress.ProgressCallback("confirm", progress.budgets_of(points))],
+                                         max_concurrent))
+        tracker.phase("report")
         files = reports.write_report(study, rows, layout.report)  # local first: never lost to MLflow
         if callback.flush():
             raise tracking.TrackingError(
@@ -464,12 +456,15 @@ def run_study(study: Study, address: str | None = None) -> StudyResult:
             register_best_students(study, rows, teacher_dirs, callback)
         tracking.log_report(parent, files)
         tracking.finish_study(parent)
+        progress.stop("done")
         return StudyResult(rows, layout, uri, files)
-    except BaseException:
+    except BaseException as e:
+        progress.stop("interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
         if parent is not None:
             with contextlib.suppress(Exception):  # MLflow may be the thing that failed
                 tracking.finish_study(parent, "FAILED")
         raise
     finally:
+        progress.stop()
         if started_ray:
             ray.shutdown()
