@@ -57,15 +57,16 @@ def _reason(trial) -> str:
     return lines[-1][:300] if lines else "failed (no error text)"
 
 
-def summarize(trials: list, budgets: dict[str, int]) -> dict[str, Any]:
-    """Counts by state, best validation (with its tau_max) and failures per `pair|method` group."""
+def summarize(trials: list, budgets: dict[str, int], ended: dict[str, str] | None = None) -> dict[str, Any]:
+    """Counts by state, best validation (with its tau_max) and failures per `pair|method` group.
+    `ended`: trial id -> state of trials Tune has just said ended (their status may not say so yet)."""
     groups = {key: {"budget": n, **{s: 0 for s in STATES}, "best": None, "tau_max": None} for key, n in budgets.items()}
     failures = []
     for t in trials:
         c, r = t.config or {}, t.last_result or {}
         key = f"{c.get('teacher')}->{c.get('student')}|{c.get('method')}"
         g = groups.setdefault(key, {"budget": 0, **{s: 0 for s in STATES}, "best": None, "tau_max": None})
-        state = trial_state(t.status, r)
+        state = (ended or {}).get(t.trial_id) or trial_state(t.status, r)
         g[state] += 1
         if r.get("val_best") is not None and (g["best"] is None or r["val_best"] > g["best"]):
             g["best"], g["tau_max"] = float(r["val_best"]), c.get("tau_max")
@@ -81,9 +82,9 @@ class ProgressCallback(Callback):
     def __init__(self, phase: str, budgets: dict[str, int]):
         self.phase, self.budgets = phase, budgets
 
-    def _update(self, trials: list, finished=None) -> None:
+    def _update(self, trials: list, finished=None, failed: bool = False) -> None:
         if _active is not None:
-            _active.trials(self.phase, self.budgets, trials, finished)
+            _active.trials(self.phase, self.budgets, trials, finished, failed)
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         self._update(trials)
@@ -92,7 +93,7 @@ class ProgressCallback(Callback):
         self._update(trials, trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        self._update(trials, trial)
+        self._update(trials, trial, failed=True)
 
     def on_experiment_end(self, trials: list, **info) -> None:
         self._update(trials)
@@ -132,7 +133,7 @@ class Tracker:
             "started": time.time(), "updated": time.time(), "pid": os.getpid(), "host": socket.gethostname(),
             "teachers": {}, "phases": {}, "plan": plan.lines() if plan else []}
         self._written = 0.0
-        self._finished: set[str] = set()
+        self._ended: dict[str, str] = {}  # trial id -> done | stopped | failed, as Tune's callbacks said
 
     def phase(self, name: str) -> None:
         self.status["phase"] = name
@@ -144,10 +145,14 @@ class Tracker:
         self.view.teacher(name, self.status["teachers"][name])
         self.write(force=state != "training")
 
-    def trials(self, phase: str, budgets: dict[str, int], trials: list, finished=None) -> None:
+    def trials(self, phase: str, budgets: dict[str, int], trials: list, finished=None, failed: bool = False) -> None:
         now = time.time()
         info = self.status["phases"].setdefault(phase, {"started": now, "baseline": None})
-        summary = summarize(trials, budgets)
+        new = finished is not None and finished.trial_id not in self._ended
+        if new:
+            self._ended[finished.trial_id] = "failed" if failed else \
+                "done" if (finished.last_result or {}).get("final") else "stopped"
+        summary = summarize(trials, budgets, self._ended)
         ended = sum(g["done"] + g["stopped"] + g["failed"] for g in summary["groups"].values())
         total = max(sum(budgets.values()), len(trials))
         if info["baseline"] is None:  # trials that ended in an earlier run (a resumed study) say nothing of speed
@@ -155,9 +160,8 @@ class Tracker:
         run_ended, elapsed = ended - info["baseline"], now - info["started"]
         eta = (total - ended) * elapsed / run_ended if run_ended else None
         info.update(summary, ended=ended, total=total, elapsed=elapsed, eta=eta)
-        if finished is not None and finished.trial_id not in self._finished:
-            self._finished.add(finished.trial_id)
-            self.view.trial(phase, finished, info)
+        if new:
+            self.view.trial(phase, finished, self._ended[finished.trial_id], info)
         self.view.refresh(self.status)
         self.write(force=finished is not None)
 
@@ -269,10 +273,9 @@ def _val(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
-def trial_line(phase: str, trial, info: dict) -> str:
+def trial_line(phase: str, trial, state: str, info: dict) -> str:
     """One finished trial in one line: which, how it ended, its validation (and tau_max), the phase's count."""
     c, r = trial.config or {}, trial.last_result or {}
-    state = trial_state(trial.status, r)
     what = f"{c.get('method')} {c.get('teacher')}->{c.get('student')}"
     if c.get("phase") == "confirm":
         what += f" seed {c.get('seed')}"
@@ -297,7 +300,7 @@ class View:
 
     def teacher(self, name: str, info: dict) -> None: ...
 
-    def trial(self, phase: str, trial, info: dict) -> None: ...
+    def trial(self, phase: str, trial, state: str, info: dict) -> None: ...
 
     def refresh(self, status: dict) -> None: ...
 
@@ -320,8 +323,8 @@ class PlainView(View):
             took = f" in {_clock(info['seconds'])}" if info.get("seconds") is not None else ""
             self.say(f"teacher {name}: {info['state']}{took}")
 
-    def trial(self, phase: str, trial, info: dict) -> None:
-        self.say(trial_line(phase, trial, info))
+    def trial(self, phase: str, trial, state: str, info: dict) -> None:
+        self.say(trial_line(phase, trial, state, info))
 
 
 class LiveView(PlainView):

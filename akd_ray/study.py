@@ -419,15 +419,15 @@ def run_study(study: Study, address: str | None = None, plan: preflight.Plan | N
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     uri = tracking.tracking_uri(study)
     tracking.check_reachable(uri)  # before any trial or run exists
+    layout = Layout.of(study)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    tracker = progress.start(study, plan, layout.root, verbose)  # from here Ray and Tune print to tune.log
     parent = None
     started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
     try:
+        if started_ray:
+            ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
         max_concurrent = check_resources(study)
-        layout = Layout.of(study)
-        layout.root.mkdir(parents=True, exist_ok=True)
-        tracker = progress.start(study, plan, layout.root, verbose)
         parent = tracking.start_study(study, Path(study.source).read_text() if study.source else "",
                                       Path(study.search.space).read_text())
         tracker.phase("teachers")
@@ -466,5 +466,5 @@ def run_study(study: Study, address: str | None = None, plan: preflight.Plan | N
         raise
     finally:
         progress.stop()
-        if started_ray:
+        if started_ray and ray.is_initialized():
             ray.shutdown()
