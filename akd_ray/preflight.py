@@ -87,10 +87,10 @@ def check(study: Study, address: str | None = None) -> Plan:
     space = check_space(study)
     downloads: list[str] = []
     notes: list[str] = []
-    uri = check_tracking(study)
     check_storage(study)
-    check_data(study, downloads, notes)
+    uri = check_tracking(study)
     check_models(study, downloads)
+    check_data(study, downloads, notes)
     capacity = None
     if not (address or os.environ.get("RAY_ADDRESS")):  # a local Ray: this machine is the cluster
         capacity = local_capacity()
@@ -159,7 +159,8 @@ def check_storage(study: Study) -> None:
 def check_tracking(study: Study) -> str:
     """The MLflow URI the study will use: a known scheme, a writable SQLite folder, a server that answers."""
     uri = tracking_uri(study)
-    field_ = "mlflow.tracking_uri" if study.mlflow.tracking_uri else "$MLFLOW_TRACKING_URI"
+    field_ = ("mlflow.tracking_uri" if study.mlflow.tracking_uri else
+              "$MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "storage")
     try:
         check_tracking_uri(uri)
     except ValueError as e:
@@ -226,7 +227,8 @@ def check_glue_folder(data_dir: Path, task: str, where: str) -> list[str]:
 def _check_tsv(path: Path, fmt, where: str) -> list[str]:
     """One GLUE TSV as the loader reads it (tab-separated, no quoting, UTF-8 with or without a BOM)."""
     if not path.is_file():
-        raise PreflightError(f"{path}: {'is a folder, expected' if path.is_dir() else 'missing:'} a GLUE TSV file ({where})")
+        raise PreflightError(f"{path}: {'a folder, expected a TSV file' if path.is_dir() else 'no such file'} "
+                             f"(the GLUE layout under {where})")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
