@@ -280,10 +280,9 @@ GLUE_CASES = {k for k in CASES if k.startswith("GLUE")}  # they import torch to 
 
 
 def run_cli(tmp: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full = {**os.environ, "RAY_TMPDIR": str(tmp / "ray-tmp"), "CUDA_VISIBLE_DEVICES": "",
-            "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp / "hf-home"), **(env or {})}
-    for name in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
-        full.pop(name, None)
+    full = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    full.update({"RAY_TMPDIR": str(tmp / "ray-tmp"), "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1",
+                 "HF_HOME": str(tmp / "hf-home"), **(env or {})})
     return subprocess.run([sys.executable, "-m", "akd_ray.cli", *args], capture_output=True, text=True,
                           timeout=180, env=full, cwd=tmp)
 
@@ -361,6 +360,7 @@ def test_validate_reads_real_glue_and_image_folders(tmp_path, shared_data):
     ok = run_cli(tmp_path, "validate", str(write(tmp_path, d)))
     assert ok.returncode == 0, ok.stderr
     assert f"task       glue/sst2 from {shared_data / 'glue'}" in ok.stdout
+    d = base_study()
     on_cifar(d)
     d["task"]["data_dir"] = str(shared_data / "cifar10-subset" / "jpg")
     ok = run_cli(tmp_path, "validate", str(write(tmp_path, d)))
