@@ -8,13 +8,15 @@ or MLflow start. YAML is plain data: no tags, no code.
 from __future__ import annotations
 
 import codecs
+import difflib
 import os
 import re
 import shlex
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -463,10 +465,41 @@ def _user_loc(loc: tuple, data: Any) -> Loc:
     return tuple(out)
 
 
-def _message(e: dict, field: str) -> str:
+def _keys_at(model: type[BaseModel] | None, loc: Loc, data: Any) -> list[str]:
+    """The keys the mapping at `loc` may hold, by walking `model`'s fields (a union by its `kind`)."""
+    tp: Any = model
+    node = data
+    for part in (*loc, None):
+        while True:  # Annotated[X, ...] -> X; a union -> the member whose `kind` the data names
+            if get_origin(tp) is Annotated:
+                tp = get_args(tp)[0]
+            elif get_origin(tp) in (Union, UnionType):
+                members = [a for a in get_args(tp) if a is not type(None)]
+                kind = node.get("kind") if isinstance(node, dict) else None
+                tp = next((m for m in members if isinstance(m, type) and issubclass(m, BaseModel)
+                           and kind in get_args(m.model_fields.get("kind", Field()).annotation or ())), members[0])
+            else:
+                break
+        if part is None:
+            return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            tp = tp.model_fields[part].annotation if part in tp.model_fields else None
+        elif get_origin(tp) is dict:
+            tp = get_args(tp)[1]
+        elif get_origin(tp) in (tuple, list):
+            tp = get_args(tp)[0]
+        else:
+            return []
+        node = node.get(part) if isinstance(node, dict) else None
+    return []
+
+
+def _message(e: dict, field: str, keys: list[str] = ()) -> str:
     kind, ctx, value = e["type"], e.get("ctx", {}), e.get("input")
     if kind == "extra_forbidden":
-        return "unknown key"
+        near = difflib.get_close_matches(field.rsplit(".", 1)[-1], keys, n=1, cutoff=0.6)
+        return f"unknown key; did you mean {near[0]!r}?" if near else \
+            f"unknown key; valid: {', '.join(keys)}" if keys else "unknown key"
     if kind == "missing":
         return "required, but missing"
     if kind == "literal_error" and "expected" in ctx:
@@ -483,14 +516,17 @@ def _message(e: dict, field: str) -> str:
     return e["msg"].removeprefix("Value error, ")
 
 
-def format_errors(source: str | Origins, err: ValidationError, data: Any = None) -> str:
+def format_errors(source: str | Origins, err: ValidationError, data: Any = None,
+                  model: type[BaseModel] | None = None) -> str:
     """One line per invalid field: `where: field: what is wrong`, where is `file:line` or `--set k=v`."""
     origins = source if isinstance(source, Origins) else Origins(str(source))
     lines = []
     for e in err.errors():
         loc = _user_loc(e["loc"], data)
         name = field_name(loc)
-        lines.append(f"{origins.of(loc)}: {name + ': ' if name else ''}{_message(e, name)}")
+        keys = [k for k in _keys_at(model, loc[:-1], data) if k != "source"] \
+            if e["type"] == "extra_forbidden" and model else []  # `source` is load_study's, not the user's
+        lines.append(f"{origins.of(loc)}: {name + ': ' if name else ''}{_message(e, name, keys)}")
     return "\n".join(dict.fromkeys(lines))
 
 
@@ -506,7 +542,7 @@ def load_study(path: str | os.PathLike, overrides: list[str] = ()) -> Study:
     try:
         study = Study.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_errors(origins, e, data)) from None
+        raise ConfigError(format_errors(origins, e, data, Study)) from None
     return _resolve_paths(study, path, origins)
 
 

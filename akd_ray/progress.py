@@ -1,6 +1,6 @@
 """How far a running study is: the live view on the terminal and `status.json` in its storage.
 
-    run_study -> watch(study, plan, root)        the one Tracker of this driver (a context manager)
+    run_study -> start(study, plan, root) ... stop(state)   the one Tracker of this driver
               -> TeacherEpochs(file)            a Ray task's teacher writes its epoch to a small file
               -> ProgressCallback(phase, ...)   Tune reports its trials every step of its loop
     Tracker   -> status.json  (atomic rewrite; `akd-ray status` reads it from the storage alone)
@@ -361,6 +361,14 @@ class LiveView(PlainView):
             super().teacher(name, info)
 
     def render(self):
+        """What the live region shows now (called from rich's refresh thread: reads copies only)."""
+        try:
+            self._last = self._render()
+        except Exception:  # the main thread changed the status under us: show the last frame again
+            pass
+        return getattr(self, "_last", "")
+
+    def _render(self):
         from rich.console import Group
         from rich.progress_bar import ProgressBar
         from rich.table import Table
@@ -374,7 +382,7 @@ class LiveView(PlainView):
         parts: list = []
         if phase == "teachers":
             t = Table.grid(padding=(0, 1))
-            for name, info in s.get("teachers", {}).items():
+            for name, info in list(s.get("teachers", {}).items()):
                 n, of = info.get("epoch", 0), info.get("epochs") or 1
                 t.add_row(Text(f"teacher {name}"), ProgressBar(total=of, completed=n, width=30),
                           Text(f"epoch {n}/{of}" if info["state"] == "training" else info["state"]))
@@ -384,7 +392,7 @@ class LiveView(PlainView):
             t = Table(box=None, padding=(0, 1), header_style="bold")
             for col in ("pair", "method", "done", "running", "stopped", "failed", "of", "best val", "tau_max"):
                 t.add_column(col, justify="left" if col in ("pair", "method") else "right")
-            for key, g in info["groups"].items():
+            for key, g in list(info["groups"].items()):
                 pair, method = key.split("|")
                 t.add_row(pair, method, *(str(g[k]) for k in ("done", "running", "stopped", "failed", "budget")),
                           _val(g["best"]), "-" if g["tau_max"] is None else f"{g['tau_max']:g}")

@@ -102,7 +102,7 @@ def load_space(path: Path) -> Space:
     try:
         return Space.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_errors(Origins(str(path), lines), e, data)) from None
+        raise ConfigError(format_errors(Origins(str(path), lines), e, data, Space)) from None
 
 
 class DefineByRun:

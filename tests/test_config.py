@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -195,6 +196,19 @@ def test_bad_study_names_file_field_and_reason(tmp_path, change, field, phrase):
     assert message.startswith(f"{path}:")  # and the line, where the file has the field
     assert field in message and phrase in message
     assert ".mlp." not in message and "[key]" not in message and "(top level)" not in message
+
+
+@pytest.mark.parametrize("change, phrase", [
+    (set_in("students", "small", "hiden", value=[8]), "students.small.hiden: unknown key; did you mean 'hidden'?"),
+    (set_in("search", "confirm_seed", value=1), "search.confirm_seed: unknown key; did you mean 'confirm_seeds'?"),
+    (set_in("resources", "gpus", value=1), "resources.gpus: unknown key; valid: workers, cpus_per_worker, "
+                                           "gpus_per_worker, max_concurrent, max_failures"),
+])
+def test_an_unknown_key_suggests_the_known_ones(tmp_path, change, phrase):
+    d = tiny_study()
+    change(d)
+    with pytest.raises(ConfigError, match=re.escape(phrase)):
+        load_study(write_study(tmp_path, d))
 
 
 def test_every_invalid_field_is_listed(tmp_path):
