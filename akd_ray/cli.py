@@ -93,8 +93,8 @@ def validate(study: StudyArg, set: SetOpt = None, address: AddressOpt = None) ->
 @app.command()
 def tune(study: StudyArg, set: SetOpt = None, address: AddressOpt = None,
          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray Tune's own status tables on "
-                                               "the terminal instead of the live view (they always go to "
-                                               "<storage>/<name>/tune.log).")] = False) -> None:
+                                               "the terminal, as Tune prints them, instead of the live view "
+                                               "(without it they go to <storage>/<name>/tune.log).")] = False) -> None:
     """Run a study on Ray: teachers, per-pair search, confirmation over seeds, MLflow, report.
 
     Runs the same checks as `validate` first. Results go to <storage>/<name>/ (storage is relative to the

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -188,8 +189,14 @@ def start(study: Study, plan: Plan | None, root: Path, verbose: bool = False) ->
     global _active
     stop()
     stack = contextlib.ExitStack()
-    term = stack.enter_context(_terminal(root / TUNE_LOG, capture=not verbose))
+    term, term_err = stack.enter_context(_terminal(root / TUNE_LOG, capture=not verbose))
     view = stack.enter_context(LiveView(term) if term.isatty() and not verbose else PlainView(term))
+    if not verbose:  # akd-ray's own warnings (e.g. MLflow unreachable) stay on the terminal
+        handler = logging.StreamHandler(term_err)
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        logging.getLogger("akd_ray").addHandler(handler)
+        stack.callback(logging.getLogger("akd_ray").removeHandler, handler)
     _active = Tracker(study, plan, root, view)
     _active.stack = stack
     return _active
@@ -228,27 +235,29 @@ def wait_teachers(refs: dict[str, Any], files: dict[str, Path]) -> dict[str, Pat
 
 
 @contextlib.contextmanager
-def _terminal(log: Path, capture: bool) -> Iterator[IO[str]]:
-    """A stream on the real stdout; with `capture`, file descriptors 1 and 2 go to `log` meanwhile
-    (so does whatever Ray, Tune or MLflow print, from Python or not)."""
+def _terminal(log: Path, capture: bool) -> Iterator[tuple[IO[str], IO[str]]]:
+    """Streams on the real stdout and stderr; with `capture`, file descriptors 1 and 2 go to `log`
+    meanwhile (so does whatever Ray, Tune or MLflow print, from Python or not)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(1)
+    saved, saved_err = os.dup(1), os.dup(2)
     term = os.fdopen(os.dup(saved), "w", buffering=1)
+    term_err = os.fdopen(os.dup(saved_err), "w", buffering=1)
     if not capture:
         try:
-            yield term
+            yield term, term_err
         finally:
             term.close()
+            term_err.close()
             os.close(saved)
+            os.close(saved_err)
         return
-    saved_err = os.dup(2)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
     try:
-        yield term
+        yield term, term_err
     finally:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
@@ -258,6 +267,7 @@ def _terminal(log: Path, capture: bool) -> Iterator[IO[str]]:
         os.close(saved)
         os.close(saved_err)
         term.close()
+        term_err.close()
 
 
 # ---------------------------------------------------------------------------------------- views
