@@ -8,6 +8,7 @@ Exit codes: 0 done; 1 a trial or the study failed; 2 bad input (a study, its dat
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -101,6 +102,9 @@ def tune(study: StudyArg, set: SetOpt = None, address: AddressOpt = None,
     study file): report/, tune/, teachers/, the MLflow store, tune.log and status.json. Running it again
     resumes the study: finished trials are not run again. `akd-ray status STUDY` shows progress from
     another shell.
+
+    Ctrl-C (or SIGTERM) stops the running trials at their last checkpoint and exits 130 (143); run the
+    same command again to resume. A second Ctrl-C stops at once.
     """
     from akd_ray.preflight import check
 
@@ -109,23 +113,33 @@ def tune(study: StudyArg, set: SetOpt = None, address: AddressOpt = None,
         plan = check(s, address)
     except ConfigError as e:
         raise _bad_input(str(e)) from None
-    from akd_ray.study import run_study
+    from akd_ray.study import StudyStopped, run_study
     from akd_ray.tracking import TrackingError
 
     say(f"{study}: {plan.search_trials} search trials + up to {plan.confirm_runs} confirmation runs; "
         f"results in {Path(s.storage) / s.name}")
     try:
-        result = run_study(s, address=address, plan=plan, verbose=verbose)
+        result = run_study(s, address=address, say=say, plan=plan, verbose=verbose)
     except (ConfigError, TrackingError) as e:
         raise _bad_input(str(e)) from None
+    except StudyStopped as e:
+        say(f"stopped: {e}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    except KeyboardInterrupt as e:
+        where = getattr(e, "where", "the study")
+        again = shlex.join(["akd-ray", *sys.argv[1:]]) if sys.argv[1:2] == ["tune"] else f"akd-ray tune {study}"
+        say(f"interrupted during {where}. Finished trials are kept and the MLflow runs of the unfinished "
+            f"ones are marked KILLED; no report was written. Resume with: {again}", err=True)
+        raise typer.Exit(getattr(e, "exit_code", 130)) from None
     say()
-    say((result.layout.report / "pairs.md").read_text())
+    say((result.layout.report / "summary.txt").read_text())
     failed = [r for r in result.rows if r.get("error")]
     if failed:
         say(f"{len(failed)} trial(s) failed; see the MLflow runs tagged akd.error")
         for r in failed:  # the traceback's last line says why
             say(f"  {r.get('trial_id', '?')} {r['method']} {r['teacher']}->{r['student']}: "
                 f"{r['error'].strip().splitlines()[-1]}")
+    say(f"report:  {result.layout.report / 'pairs.md'}")
     say(f"results: {result.layout.root}\nMLflow:  {result.tracking_uri}  (browse: akd-ray ui {study})")
     if failed:
         raise typer.Exit(EXIT_FAILED)
@@ -170,11 +184,11 @@ def report(study: StudyArg, set: SetOpt = None) -> None:
     s = _load(study, set)
     folder = Layout.of(s).report
     try:
-        rows = load_rows(folder)
+        rows, teachers = load_rows(folder)
     except FileNotFoundError as e:
         raise _bad_input(str(e)) from None
-    files = write_report(s, rows, folder)
-    say((folder / "pairs.md").read_text())
+    files = write_report(s, rows, folder, teachers)
+    say((folder / "summary.txt").read_text())
     say("written: " + ", ".join(str(f) for f in files))
 
 

@@ -24,7 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from akd_ray.method.schedules import SHAPES, stage_split, step_period
 
 METHODS = ("scratch", "kd", "takd", "annealing", "prokd")
-CONFIRMED_METHODS = ("annealing", "kd", "scratch")  # re-run over seeds: the picks and their baselines
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 TASKS = ("digits", "cifar10", "cifar100") + tuple(f"glue/{t}" for t in GLUE_TASKS)
 
@@ -128,19 +127,38 @@ class TeacherSpec(Frozen):
                                                 "folder); None with kind hf: model.path is the teacher")
     train: TrainSpec = TrainSpec()
     checkpoints: int = Field(4, ge=1, description="training snapshots kept for Pro-KD")
+    min_margin: float | None = Field(
+        0.05, ge=0, description="before any search the teacher's validation metric must beat the "
+                                "majority-class baseline by this much (0.05 = 5 points); null: distil "
+                                "from it whatever it scores")
 
 
 # ---------------------------------------------------------------------------------------- study
 class SearchSpec(Frozen):
     space: Path = Field(description="search_spaces/*.yaml, relative to the study file")
     trials: dict[Literal[METHODS], Annotated[int, Field(ge=1)]] = Field(  # type: ignore[valid-type]
-        description="Optuna trials per teacher-student pair and method")
-    scheduler: Literal["none", "asha"] = "none"
-    grace_period: int = Field(2, ge=1, description="ASHA: epochs before a trial can be stopped")
+        description="Optuna trials per teacher-student pair and method; a method with no "
+                                  "searched parameter runs once")
+    scheduler: Literal["none", "asha"] = Field(
+        "none", description="asha: successive halving within each (teacher, student, method) group; "
+                            "two-stage methods are compared on stage-II epochs only")
+    grace_period: int = Field(2, ge=1, description="ASHA: epochs (stage-II epochs for two-stage methods) "
+                                                   "before a trial can be stopped")
+    reduction_factor: int = Field(3, ge=2, description="ASHA: keep the best 1/reduction_factor at each rung")
     warm_start: tuple[dict[str, Any], ...] = Field((), description="points every pair tries first")
     warm_start_from_pairs: bool = Field(True, description="a pair also tries the best point other "
                                                           "pairs found for the same method")
-    confirm_seeds: int = Field(3, ge=0, description="re-runs of each pair's best annealing and kd config")
+    confirm_seeds: int = Field(3, ge=0, description="re-runs of each pair's best config of every method, "
+                                                    "each seed with its own init, batch order and "
+                                                    "augmentation; the verdict needs at least 3")
+
+    @field_validator("trials")
+    @classmethod
+    def _some_method(cls, v: dict) -> dict:
+        if not v:
+            raise ValueError(f"names no method: give each method its trials per pair, e.g. "
+                             f"{{annealing: 8, kd: 4, scratch: 1}} (methods: {', '.join(METHODS)})")
+        return v
 
     @property
     def methods(self) -> tuple[str, ...]:

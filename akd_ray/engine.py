@@ -245,7 +245,7 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
                 teachers.save_snapshot(unwrap(wrapped), run.student_model, save_dir,
                                        sorted(snapshot_epochs).index(epoch), task)
 
-            metrics = {"epoch": epoch, "stage": stage.number, "train_loss": train_loss,
+            metrics = {"epoch": epoch, "stage": stage.number, "stage_epoch": stage_epoch, "train_loss": train_loss,
                        "lr": scheduler.get_last_lr()[0], "epoch_seconds": seconds,
                        "samples_per_second": len(batches) * train.batch_size * (dist.get_world_size() if ddp else 1) / seconds,
                        **{f"val_{k}": v for k, v in val.items()},

@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from akd_ray.config import CONFIRMED_METHODS, ConfigError, Study, TrainSpec, check_tracking_uri, tracking_uri
+from akd_ray.config import ConfigError, Study, TrainSpec, check_tracking_uri, tracking_uri
 from akd_ray.method.schedules import stage_split, step_period
 from akd_ray.space import Space, load_space
 
@@ -41,8 +41,9 @@ class Plan:
     """What a study will run, where, and what it will download: `validate` prints it, `tune` follows it."""
     study: Study
     space: Space
+    budgets: dict[str, int]  # trials per pair for each method (see `budgets`)
     search_trials: int  # pairs x methods x budgets
-    confirm_runs: int  # at most: pairs whose method has a finished trial
+    confirm_runs: int  # at most: every pair's best config of every method, once per confirmation seed
     tracking_uri: str
     downloads: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # what works but deserves a look (skipped data rows, ...)
@@ -55,10 +56,9 @@ class Plan:
 
     def lines(self) -> list[str]:
         s, r = self.study, self.study.resources
-        budgets = " + ".join(f"{m} {s.search.trials[m]}" for m in s.search.methods)
+        budgets = " + ".join(f"{m} {self.budgets[m]}" for m in s.search.methods)
         epochs = (f"{self.space.params['epochs'].low:g}..{self.space.params['epochs'].high:g} epochs (searched)"
                   if "epochs" in self.space.params else f"{s.train.epochs} epochs")
-        confirmed = [m for m in s.search.methods if m in CONFIRMED_METHODS]
         teachers = ", ".join(f"{n}: {'train ' + str(t.train.epochs) + ' epochs' if t.prepare == 'train' else 'load'}"
                              for n, t in s.teachers.items())
         per_trial = (f"{r.workers} x ({r.cpus_per_worker:g} CPU" + (f", {r.gpus_per_worker:g} GPU" if r.gpus_per_worker
@@ -73,13 +73,16 @@ class Plan:
             f"search     {len(s.pairs)} pair(s) x ({budgets}) = {self.search_trials} trials, {epochs}, "
             f"{len(self.space.params)} searched parameter(s) from {s.search.space}",
             f"confirm    up to {self.confirm_runs} runs: {s.search.confirm_seeds} seed(s) x "
-            f"{len(confirmed)} method(s) ({', '.join(confirmed) or 'none'}) x {len(s.pairs)} pair(s)",
+            f"{len(s.search.methods)} method(s) x {len(s.pairs)} pair(s)",
             f"resources  {per_trial}",
             f"storage    {Path(s.storage) / s.name}",
             f"MLflow     {self.tracking_uri}",
             f"downloads  {'; '.join(self.downloads) or 'none'}",
         ]
-        return out + [f"note       {n}" for n in self.notes]
+        once = [m for m in s.search.methods if self.budgets[m] != s.search.trials[m]]
+        notes = [f"{m}: the search space has no parameter for it, so it runs once per pair "
+                 f"(trials: {s.search.trials[m]} -> 1)" for m in once]
+        return out + [f"note       {n}" for n in (*notes, *self.notes)]
 
 
 def check(study: Study, address: str | None = None) -> Plan:
@@ -95,10 +98,11 @@ def check(study: Study, address: str | None = None) -> Plan:
     if not (address or os.environ.get("RAY_ADDRESS")):  # a local Ray: this machine is the cluster
         capacity = local_capacity()
         check_fits(study, *capacity, "this machine")
-    pairs, methods = len(study.pairs), study.search.methods
-    search = pairs * sum(study.search.trials[m] for m in methods)
-    confirm = pairs * study.search.confirm_seeds * sum(m in CONFIRMED_METHODS for m in methods)
-    return Plan(study, space, search, confirm, uri, tuple(downloads), tuple(notes), capacity)
+    budget = budgets(study, space)
+    pairs = len(study.pairs)
+    confirm = pairs * study.search.confirm_seeds * len(study.search.methods)
+    return Plan(study, space, budget, pairs * sum(budget.values()), confirm, uri, tuple(downloads), tuple(notes),
+                capacity)
 
 
 def _where(study: Study, field_: str) -> str:
@@ -133,6 +137,12 @@ def check_space(study: Study) -> Space:
         if unknown:
             raise ConfigError(f"{where}: search.warm_start[{i}]: unknown field(s) {sorted(unknown)}")
     return space
+
+
+def budgets(study: Study, space: Space) -> dict[str, int]:
+    """Trials per pair for each method: the study's budget, or one for a method the space leaves
+    nothing to search for (its trials would all be the same run)."""
+    return {m: (n if space.for_method(m) else 1) for m, n in study.search.trials.items()}
 
 
 # ---------------------------------------------------------------------------------------- storage, MLflow

@@ -17,30 +17,34 @@ import json
 import math
 import os
 import pickle
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import optuna
 import ray
 import torch
 from optuna.samplers import TPESampler
 from ray import tune
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from akd_ray import preflight, progress
-from akd_ray.config import CONFIRMED_METHODS, ConfigError, RunConfig, Study, TrainSpec
-from akd_ray.preflight import check_space
+from akd_ray.config import ConfigError, RunConfig, Study, TaskSpec, TrainSpec
+from akd_ray.preflight import budgets, check_space
 from akd_ray.space import Space, define_by_run
 from akd_ray.teacher import teacher_info
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per Optuna study is noise here
 METRIC, MODE = "val_best", "max"  # best-so-far validation metric: comparable across stages (ASHA)
 IDENTITY = ("teacher", "student", "method", "phase", "seed")  # fixed per trial, never searched
-CONFIRMED = CONFIRMED_METHODS  # re-run over seeds: the picks and their baselines
+TWO_STAGE = ("annealing", "prokd")  # stage I distils, stage II trains on the labels
 STATE_FILE = "state.pt"
 STUDENT_DIR = "student"
 FAULTS_ENV = "AKD_RAY_FAULTS"  # tests only: see _inject_fault
@@ -63,7 +67,7 @@ class Layout:
 
 
 # ---------------------------------------------------------------------------------------- validation
-validate = check_space  # the space against the study: akd_ray.preflight, which runs before Ray starts
+validate = check_space  # the space against the study (and `budgets`): akd_ray.preflight, run before Ray starts
 
 
 def check_resources(study: Study) -> int:
@@ -85,6 +89,78 @@ def check_resources(study: Study) -> int:
     if need_gpu:
         fits = min(fits, math.floor(gpus / need_gpu))
     return r.max_concurrent or max(1, fits)
+
+
+# ---------------------------------------------------------------------------------------- early stopping
+def group_of(config: dict) -> tuple[str, str, str]:
+    return config["teacher"], config["student"], config["method"]
+
+
+def rung_time(method: str, result: dict) -> int | None:
+    """Where a result stands on its group's ladder: epochs done, counted in stage II for a two-stage
+    method. None (never compared) for stage-I results of a two-stage method -- a student regressing
+    onto phi(T) * teacher logits is not yet trained for the labels -- and for the final result."""
+    if "stage_epoch" not in result or result.get("final"):
+        return None
+    if method in TWO_STAGE:
+        return result["stage_epoch"] + 1 if result["stage"] == 2 else None
+    return result["epoch"] + 1
+
+
+class GroupedHalving(FIFOScheduler):
+    """Asynchronous successive halving (ASHA, Li et al. 2020) with one ladder of rungs per
+    (teacher, student, method): a trial is only ever stopped for trailing trials of its own group.
+
+    Rungs sit at grace_period * reduction_factor^k epochs (see `rung_time`). The first trial to
+    reach a rung always passes; a later one is stopped when its metric is below the
+    (1 - 1/reduction_factor) quantile of the group's trials recorded at that rung so far.
+    """
+
+    def __init__(self, grace_period: int, reduction_factor: int, max_t: int, metric: str = METRIC, mode: str = MODE):
+        super().__init__()
+        self._metric, self._mode, self.sign = metric, mode, 1.0 if mode == "max" else -1.0
+        self.reduction_factor = reduction_factor
+        self.milestones: list[int] = []
+        t = grace_period
+        while t < max_t:  # a rung at the last epoch would only stop trials that are done anyway
+            self.milestones.append(t)
+            t *= reduction_factor
+        self.rungs: dict[tuple[str, str, str], dict[int, dict[str, float]]] = {}  # group -> rung -> trial -> score
+        self.stopped: dict[str, tuple[tuple[str, str, str], int]] = {}  # trial -> (group, rung) it was stopped at
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
+        return True  # metric and mode are the study's own, set at construction
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        group = group_of(trial.config)
+        t = rung_time(group[2], result)
+        if t is None or self._metric not in result:
+            return TrialScheduler.CONTINUE
+        ladder = self.rungs.setdefault(group, {m: {} for m in self.milestones})
+        for milestone in reversed(self.milestones):  # the highest rung reached and not yet recorded
+            recorded = ladder[milestone]
+            if t < milestone or trial.trial_id in recorded:
+                continue
+            score = self.sign * result[self._metric]
+            cutoff = (float(np.quantile(list(recorded.values()), 1 - 1 / self.reduction_factor))
+                      if recorded else None)
+            recorded[trial.trial_id] = score
+            if cutoff is not None and score < cutoff:
+                self.stopped[trial.trial_id] = (group, milestone)
+                return TrialScheduler.STOP
+            break
+        return TrialScheduler.CONTINUE
+
+    def debug_string(self) -> str:
+        return f"GroupedHalving: {len(self.rungs)} group(s), {len(self.stopped)} trial(s) stopped early"
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
 
 
 # ---------------------------------------------------------------------------------------- search
@@ -109,6 +185,7 @@ class PairedSearch(Resumable):
 
     def __init__(self, study: Study, space: Space):
         super().__init__(metric=METRIC, mode=MODE)
+        budget = budgets(study, space)
         self.groups: dict[tuple[str, str, str], OptunaSearch] = {}
         self.budget: dict[tuple[str, str, str], int] = {}
         self.started: dict[tuple[str, str, str], int] = {}
@@ -122,7 +199,7 @@ class PairedSearch(Resumable):
                     space=define_by_run(space, method), metric=METRIC, mode=MODE,
                     sampler=TPESampler(seed=study.seed + 1000 * i + j, multivariate=True),
                     points_to_evaluate=[p for p in warm if p] or None)
-                self.budget[key] = study.search.trials[method]
+                self.budget[key] = budget[method]
                 self.started[key] = 0
         self.warm_from_pairs = study.search.warm_start_from_pairs
         self.params_of: dict[str, dict] = {}
@@ -152,10 +229,12 @@ class PairedSearch(Resumable):
         if trial_id not in self.owner:
             return
         key = self.owner[trial_id]
-        self.groups[key].on_trial_complete(trial_id, result, error)
-        if not error and result and METRIC in result:
-            if key not in self.best or result[METRIC] > self.best[key][0]:
-                self.best[key] = (result[METRIC], self.params_of[trial_id])
+        finished = bool(result and result.get("final")) and not error
+        # a trial stopped early reaches Optuna as pruned, with the values it reported per epoch: what
+        # it really reached, never a final score it did not earn
+        self.groups[key].on_trial_complete(trial_id, result if finished else None, error)
+        if finished and (key not in self.best or result[METRIC] > self.best[key][0]):
+            self.best[key] = (result[METRIC], self.params_of[trial_id])
 
     def _seed_from_other_pairs(self, key: tuple[str, str, str]) -> None:
         """Warm start: a pair's search tries the best point another pair found for the same method
@@ -185,7 +264,10 @@ def run_config(study: Study, config: dict[str, Any], teacher_dirs: dict[str, Pat
         study=study.name, task=study.task, teacher=config["teacher"], teacher_dir=teacher_dir,
         student=config["student"], student_model=study.students[config["student"]],
         assistant_model=study.assistant, method=config["method"], train=TrainSpec.model_validate(train.model_dump()),
-        seed=config.get("seed", study.seed), augment_seed=study.seed, cache_dir=Layout.of(study).cache)
+        # a confirmation seed draws its own init, batch order and augmented views (the teacher-logit
+        # cache keys on the augment seed): the spread over seeds covers all three
+        seed=config.get("seed", study.seed), augment_seed=config.get("seed", study.seed),
+        cache_dir=Layout.of(study).cache)
 
 
 def fit(run: RunConfig, report: Callable, get_checkpoint: Callable, checkpoint_cls: type,
@@ -297,23 +379,123 @@ class Points(Resumable):
 
 
 
-# ---------------------------------------------------------------------------------------- driver
+# ---------------------------------------------------------------------------------------- interrupts
+class Interrupted(KeyboardInterrupt):
+    """The user stopped the study (SIGINT or SIGTERM): finished trials are kept and a rerun resumes.
+    A KeyboardInterrupt, so no `except Exception` on its way out (Tune's own cleanup) swallows it."""
+
+    def __init__(self, signum: int, where: str = "the study"):
+        super().__init__(signum, where)
+        self.signum, self.where = signum, where
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+class Signals:
+    """SIGINT and SIGTERM in the driver, installed after `ray.init` (which sets its own SIGTERM handler).
+
+    The first signal during a Tune run asks Tune to stop as its own Ctrl-C handling does (SIGUSR1:
+    running trials end at their last checkpoint, the experiment state is saved and stays resumable);
+    `run_phase` then raises `Interrupted`. Outside a Tune run, or on a second signal, `Interrupted`
+    is raised at once.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.in_tune = False
+        self.stage = "the start of the study"  # what the driver is doing: for the message
+        self._before: dict[int, Any] = {}
+
+    def __enter__(self) -> "Signals":
+        if threading.current_thread() is threading.main_thread():
+            # Tune would install its own SIGINT handler, which stops the run but tells no one
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._before[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+            if self.in_tune:
+                os.kill(os.getpid(), signal.SIGUSR1)  # Tune's graceful stop (tune.run registers it)
+                return
+        raise Interrupted(signum, self.stage)
+
+
+# ---------------------------------------------------------------------------------------- teachers
 def prepare_teachers(study: Study) -> dict[str, Path]:
     """Each teacher trained (or loaded) once, as a Ray task with one trial's resources; the live view
     follows its epochs through a small file each task writes."""
     from akd_ray.teacher import prepare_teacher
 
-    r = study.resources
-    remote = ray.remote(prepare_teacher).options(num_cpus=r.cpus_per_worker, num_gpus=min(1, r.gpus_per_worker))
     files = {name: Layout.of(study).teachers / f".{name}.epoch.json" for name in study.teachers}
-    refs = {name: remote.remote(name, spec, study.task, Layout.of(study).root, study.seed,
-                                on_epoch=progress.TeacherEpochs(files[name], spec.train.epochs))
+    refs = {name: _as_task(study, prepare_teacher).remote(name, spec, study.task, Layout.of(study).root, study.seed,
+                                                          on_epoch=progress.TeacherEpochs(files[name], spec.train.epochs))
             for name, spec in study.teachers.items()}
     return progress.wait_teachers(refs, files)
 
 
+def _as_task(study: Study, fn: Callable):
+    r = study.resources
+    return ray.remote(fn).options(num_cpus=r.cpus_per_worker, num_gpus=min(1, r.gpus_per_worker))
+
+
+def assess_teacher(folder: Path, task_spec: TaskSpec) -> dict[str, Any]:
+    """The teacher's metric on val and test beside the majority-class baseline on the same splits."""
+    from akd_ray.engine import evaluate, pick_device
+    from akd_ray.models import load_model
+    from akd_ray.tasks import load_task
+    from akd_ray.tasks.metrics import majority_baseline
+
+    task = load_task(task_spec, str(folder))
+    device = pick_device(TrainSpec())
+    model = load_model(folder, task, device)
+    fp32 = torch.autocast(device.type, enabled=False)
+    out: dict[str, Any] = {"metric": task.metric}
+    for name, split in (("val", task.val), ("test", task.test)):
+        out[name] = evaluate(model, task, split, device, 512, fp32)[task.metric]
+        out[f"majority_{name}"] = majority_baseline(task, split)
+    return out
+
+
+def assess_teachers(study: Study, teacher_dirs: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    refs = {name: _as_task(study, assess_teacher).remote(folder, study.task) for name, folder in teacher_dirs.items()}
+    return {name: ray.get(ref) for name, ref in refs.items()}
+
+
+def check_teachers(study: Study, quality: dict[str, dict[str, Any]]) -> None:
+    """Stop before the search when a teacher is not clearly better than predicting the majority class:
+    searching temperatures for such a teacher distils noise."""
+    for name, q in quality.items():
+        margin = study.teachers[name].min_margin
+        if margin is not None and q["val"] < q["majority_val"] + margin:
+            raise StudyStopped(
+                f"{study.source}: teachers.{name}: validation {q['metric']} {100 * q['val']:.1f} is not clearly "
+                f"above the majority-class baseline {100 * q['majority_val']:.1f} (min_margin: needs "
+                f"+{100 * margin:.1f}), so no search was started. Train it longer or with another lr "
+                f"(teachers.{name}.train), on more data (task.max_train_samples), or load a stronger one "
+                f"(prepare: load); set teachers.{name}.min_margin: null to distil from it anyway.")
+
+
+class StudyStopped(RuntimeError):
+    """The study cannot go on as asked; the message says why and what to change."""
+
+
+def teacher_line(name: str, q: dict[str, Any]) -> str:
+    return (f"teacher {name}: {q['metric']} val {100 * q['val']:.1f} / test {100 * q['test']:.1f} "
+            f"(majority class: val {100 * q['majority_val']:.1f} / test {100 * q['majority_test']:.1f})")
+
+
+# ---------------------------------------------------------------------------------------- phases
 def run_phase(study: Study, phase: str, searcher: Searcher, num_samples: int, teacher_dirs: dict[str, Path],
-              callbacks: list, max_concurrent: int) -> tune.ResultGrid:
+              callbacks: list, max_concurrent: int, signals: Signals | None = None) -> tune.ResultGrid:
     r = study.resources
     # single-worker trials train in the trial itself; a multi-worker trial only drives its TorchTrainer,
     # whose worker group asks for the resources
@@ -322,22 +504,31 @@ def run_phase(study: Study, phase: str, searcher: Searcher, num_samples: int, te
     path = Layout.of(study).tune / phase
     if tune.Tuner.can_restore(str(path)):  # a re-run resumes: finished trials stay finished
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=False, restart_errored=False)
-        return tuner.fit()
-    scheduler = None
-    if study.search.scheduler == "asha" and phase == "search":
-        from ray.tune.schedulers import ASHAScheduler
-        scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=study.search.grace_period,
-                                  max_t=study.train.epochs + 1)
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, metric=METRIC, mode=MODE, num_samples=num_samples,
-                                    scheduler=scheduler, max_concurrent_trials=max_concurrent),
-        run_config=tune.RunConfig(
-            name=phase, storage_path=str(Layout.of(study).tune), callbacks=callbacks,
-            failure_config=tune.FailureConfig(max_failures=r.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            verbose=int(os.environ.get("AKD_RAY_VERBOSE", "1"))))
-    return tuner.fit()
+    else:
+        scheduler = None
+        if study.search.scheduler == "asha" and phase == "search":
+            scheduler = GroupedHalving(study.search.grace_period, study.search.reduction_factor,
+                                       max_t=study.train.epochs)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, metric=METRIC, mode=MODE, num_samples=num_samples,
+                                        scheduler=scheduler, max_concurrent_trials=max_concurrent),
+            run_config=tune.RunConfig(
+                name=phase, storage_path=str(Layout.of(study).tune), callbacks=callbacks,
+                failure_config=tune.FailureConfig(max_failures=r.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                verbose=int(os.environ.get("AKD_RAY_VERBOSE", "1"))))
+    signals = signals or Signals()
+    signals.stage = f"the {phase} phase"
+    signals.in_tune = True
+    try:
+        grid = tuner.fit()
+    finally:
+        signals.in_tune = False
+    if signals.signum is not None:
+        done = sum(1 for result in grid if (result.metrics or {}).get("final"))
+        raise Interrupted(signals.signum, f"the {phase} phase, with {done} of {num_samples} trials finished")
+    return grid
 
 
 def trial_rows(grid: tune.ResultGrid) -> list[dict]:
@@ -352,6 +543,7 @@ def trial_rows(grid: tune.ResultGrid) -> list[dict]:
             **{k: v for k, v in m.items() if k.startswith("test_") or k in
                ("val_best", "best_epoch", "student_parameters", "time_total_s", "trial_id", "node_id")},
             "finished": finished,
+            "stopped": not finished and not result.error,  # by early stopping
             "error": str(result.error) if result.error else None,
             # Train-wrapped trials hand Tune the path of the Train checkpoint (TuneReportCallback)
             "checkpoint": (m.get("checkpoint_path") or (result.checkpoint.path if result.checkpoint else None))
@@ -361,10 +553,11 @@ def trial_rows(grid: tune.ResultGrid) -> list[dict]:
 
 
 def confirmation_points(study: Study, rows: list[dict]) -> list[dict]:
-    """The best config of each pair's annealing, KD and scratch runs, once per confirmation seed."""
+    """Each pair's best config of every method, once per confirmation seed (fresh seeds: the search
+    picked on `study.seed`, so its own score would carry the winner's luck)."""
     points = []
     for teacher, student in study.pairs:
-        for method in CONFIRMED:
+        for method in study.search.methods:
             done = [r for r in rows if (r["teacher"], r["student"], r["method"]) == (teacher, student, method)
                     and r["finished"]]
             if not done:
@@ -400,16 +593,21 @@ class StudyResult:
     layout: Layout
     tracking_uri: str
     report_files: list[Path]
+    teachers: dict[str, dict[str, Any]]
 
 
-def run_study(study: Study, address: str | None = None, plan: preflight.Plan | None = None,
-              verbose: bool = False) -> StudyResult:
+def run_study(study: Study, address: str | None = None, say: Callable[[str], None] = print,
+              plan: preflight.Plan | None = None, verbose: bool = False) -> StudyResult:
     """Run (or resume) a whole study: check, start Ray, teachers, search, confirm, track, report.
 
     `plan`: what `preflight.check` returned (checked here when None) -- every check that needs no
-    training runs before Ray or MLflow start or any folder is made. The live view and status.json
-    (akd_ray.progress) follow the study; Tune's own output goes to `<storage>/<name>/tune.log`
-    unless `verbose`."""
+    training runs before Ray or MLflow start or any folder is made. While it runs, the live view and
+    status.json (akd_ray.progress) follow it, and Tune's own output goes to `<storage>/<name>/tune.log`
+    unless `verbose`; `say` is then the live view's.
+
+    Raises `Interrupted` on SIGINT/SIGTERM (the MLflow study run and its unfinished trial runs are
+    marked KILLED, no report is written) and `StudyStopped` when a teacher is too weak to distil.
+    """
     from akd_ray import report as reports
     from akd_ray import tracking
 
@@ -419,52 +617,71 @@ def run_study(study: Study, address: str | None = None, plan: preflight.Plan | N
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     uri = tracking.tracking_uri(study)
     tracking.check_reachable(uri)  # before any trial or run exists
-    layout = Layout.of(study)
-    layout.root.mkdir(parents=True, exist_ok=True)
-    tracker = progress.start(study, plan, layout.root, verbose)  # from here Ray and Tune print to tune.log
-    parent = None
+    parent = callback = None
     started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    signals = Signals().__enter__()
     try:
-        if started_ray:
-            ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
         max_concurrent = check_resources(study)
+        layout = Layout.of(study)
+        layout.root.mkdir(parents=True, exist_ok=True)
+        tracker = progress.start(study, plan, layout.root, verbose)
+        say = tracker.view.say
         parent = tracking.start_study(study, Path(study.source).read_text() if study.source else "",
                                       Path(study.search.space).read_text())
+        signals.stage = "the teachers' preparation (no trial had started)"
         tracker.phase("teachers")
         teacher_dirs = prepare_teachers(study)
-        tracking.log_teacher_fingerprints(parent, {n: teacher_info(d)["fingerprint"] for n, d in teacher_dirs.items()})
+        quality = assess_teachers(study, teacher_dirs)
+        for name, q in quality.items():
+            say(teacher_line(name, q))
+        tracking.log_teachers(parent, {n: teacher_info(d)["fingerprint"] for n, d in teacher_dirs.items()}, quality)
+        check_teachers(study, quality)
         callback = tracking.MlflowCallback(study, parent)
 
-        total = sum(study.search.trials[m] for m in study.search.methods) * len(study.pairs)
-        budgets = {f"{t}->{s}|{m}": study.search.trials[m] for t, s in study.pairs for m in study.search.methods}
+        budget = budgets(study, space)
+        total = sum(budget.values()) * len(study.pairs)
         tracker.phase("search")
         rows = trial_rows(run_phase(study, "search", PairedSearch(study, space), total, teacher_dirs,
-                                    [callback, progress.ProgressCallback("search", budgets)], max_concurrent))
+                                    [callback, progress.ProgressCallback("search", {
+                                        f"{t}->{s}|{m}": n for t, s in study.pairs for m, n in budget.items()})],
+                                    max_concurrent, signals))
         points = confirmation_points(study, rows)
         if points:
             tracker.phase("confirm")
             rows += trial_rows(run_phase(study, "confirm", Points(points), len(points), teacher_dirs,
                                          [callback, progress.ProgressCallback("confirm", progress.budgets_of(points))],
-                                         max_concurrent))
+                                         max_concurrent, signals))
+        signals.stage = "the report (every trial had finished)"
         tracker.phase("report")
-        files = reports.write_report(study, rows, layout.report)  # local first: never lost to MLflow
+        files = reports.write_report(study, rows, layout.report, quality)  # local first: never lost to MLflow
         if callback.flush():
             raise tracking.TrackingError(
                 f"MLflow at {uri} is unreachable at the end of the study: results are in {layout.root}, "
                 f"unsent MLflow calls are kept there; run `akd-ray tune` on the study again to send them")
         if study.mlflow.register_best:
             register_best_students(study, rows, teacher_dirs, callback)
-        tracking.log_report(parent, files)
+        tracking.log_report(parent, files, reports.verdicts(study, rows))
         tracking.finish_study(parent)
         progress.stop("done")
-        return StudyResult(rows, layout, uri, files)
-    except BaseException as e:
-        progress.stop("interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
+        return StudyResult(rows, layout, uri, files, quality)
+    except KeyboardInterrupt:  # Interrupted, or a Ctrl-C outside our handler
+        progress.stop("interrupted")
+        if parent is not None:
+            with contextlib.suppress(Exception):  # MLflow may be away; the spool keeps what it can
+                if callback is not None:
+                    callback.flush()
+                tracking.finish_study(parent, "KILLED", unfinished="KILLED")
+        raise
+    except BaseException:
+        progress.stop("failed")
         if parent is not None:
             with contextlib.suppress(Exception):  # MLflow may be the thing that failed
                 tracking.finish_study(parent, "FAILED")
         raise
     finally:
         progress.stop()
-        if started_ray and ray.is_initialized():
+        signals.__exit__()
+        if started_ray:
             ray.shutdown()

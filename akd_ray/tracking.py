@@ -149,9 +149,16 @@ def start_study(study: Study, study_file_text: str, space_file_text: str) -> str
     return run_id
 
 
-def finish_study(parent_run_id: str, status: str = "FINISHED") -> None:
-    """Mark the parent run FINISHED (or FAILED / KILLED) at the end of a study."""
-    client_for().set_terminated(parent_run_id, status=status)
+def finish_study(parent_run_id: str, status: str = "FINISHED", unfinished: str | None = None) -> None:
+    """Mark the parent run FINISHED (or FAILED / KILLED) at the end of a study; with `unfinished`, every
+    trial run still RUNNING under it gets that status too (an interrupted study's trials)."""
+    client = client_for()
+    if unfinished is not None:
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+        for run in client.search_runs([experiment_id], max_results=10_000, filter_string=(
+                f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'RUNNING'")):
+            client.set_terminated(run.info.run_id, status=unfinished)
+    client.set_terminated(parent_run_id, status=status)
 
 
 def _experiment(client: MlflowClient, study: Study) -> str:
@@ -191,19 +198,33 @@ def _user() -> str:
         return "unknown"
 
 
-def log_teacher_fingerprints(parent_run_id: str, fingerprints: dict[str, str]) -> None:
-    """Which teacher weights the study distilled from: tags `teacher.<name>.fingerprint`."""
-    _log_batch(client_for(), parent_run_id, tags={f"teacher.{n}.fingerprint": fp for n, fp in fingerprints.items()})
+def log_teachers(parent_run_id: str, fingerprints: dict[str, str], quality: dict[str, dict]) -> None:
+    """Which teacher weights the study distilled from (tags `teacher.<name>.fingerprint`) and what they
+    score beside the majority-class baseline (metrics `teacher.<name>.val`, `...majority_val`, ...)."""
+    metrics = [Metric(f"teacher.{n}.{k}", float(v), _now_ms(), 0)
+               for n, q in quality.items() for k, v in q.items() if _is_number(v)]
+    _log_batch(client_for(), parent_run_id, metrics=metrics,
+               tags={f"teacher.{n}.fingerprint": fp for n, fp in fingerprints.items()})
 
 
-def log_report(parent_run_id: str, files: list[Path]) -> None:
-    """Attach the report (CSV, Markdown, plots; folders too) to the study run under `report/`."""
+def log_report(parent_run_id: str, files: list[Path], verdicts: list = ()) -> None:
+    """Attach the report (CSV, Markdown, plots; folders too) to the study run under `report/`; the
+    verdict per pair becomes the run's description and tags `verdict.<teacher>.<student>` and
+    `recommended.<teacher>.<student>`."""
     client = client_for()
     for f in map(Path, files):
         if f.is_dir():
             client.log_artifacts(parent_run_id, str(f), f"report/{f.name}")
         else:
             client.log_artifact(parent_run_id, str(f), "report")
+    markdown = next((Path(f).read_text() for f in files if Path(f).name == "pairs.md"), None)
+    tags = {}
+    for v in verdicts:
+        tags[f"verdict.{v.teacher}.{v.student}"] = v.text
+        tags[f"recommended.{v.teacher}.{v.student}"] = v.best or "none"
+    if markdown is not None:
+        tags[MLFLOW_RUN_NOTE] = markdown
+    _log_batch(client, parent_run_id, tags=tags)
 
 
 def _log_batch(client: MlflowClient, run_id: str, metrics: list[Metric] = (), params: dict[str, Any] | None = None,

@@ -101,3 +101,15 @@ def mlflow_server(tmp_path_factory) -> MlflowServer:
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray (2 CPUs) for the in-process Tune tests of the session; workers can import test
+    modules (their trainables) from `tests/`."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
+    yield ray
+    ray.shutdown()

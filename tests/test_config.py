@@ -78,7 +78,7 @@ def test_quickstart_resolved():
     assert study.search.methods == ("scratch", "kd", "annealing")
     assert study.search.space == REPO / "search_spaces" / "quickstart.yaml"  # relative to the study file
     assert study.teachers["mlp-256x2"].train.lr == 3.0e-3
-    assert study.train.epochs == 12 and study.train.batch_size == 64
+    assert study.train.epochs == 30 and study.train.batch_size == 64
     assert study.train.tau_max == 7.0 and study.train.schedule == "step"  # defaults from the schema
 
 
@@ -156,6 +156,11 @@ BAD_STUDIES = [
     ("unknown method", set_in("search", "trials", "distill", value=1), "search.trials.distill",
      "got 'distill'; valid: 'scratch', 'kd', 'takd', 'annealing' or 'prokd'"),
     ("trials 0", set_in("search", "trials", "kd", value=0), "search.trials.kd", "greater than or equal to 1"),
+    ("no method", set_in("search", "trials", value={}), "search.trials", "names no method"),
+    ("negative teacher margin", set_in("teachers", "big", "min_margin", value=-0.1), "teachers.big.min_margin",
+     "greater than or equal to 0"),
+    ("reduction factor 1", set_in("search", "reduction_factor", value=1), "search.reduction_factor",
+     "greater than or equal to 2"),
     ("val_fraction 1.5", set_in("task", "val_fraction", value=1.5), "task.val_fraction", "less than 1"),
     ("tau_max below 1", set_in("train", "tau_max", value=0.5), "train.tau_max", "greater than or equal to 1"),
     ("one epoch", set_in("train", "epochs", value=1), "train.epochs", "greater than or equal to 2"),
@@ -374,7 +379,7 @@ def test_cli_validate_quickstart():
     result = runner.invoke(app, ["validate", str(REPO / "studies" / "quickstart.yaml")])
     assert result.exit_code == 0, result.output
     assert "quickstart.yaml: valid" in result.stdout
-    assert "2 pair(s) x (scratch 1 + kd 2 + annealing 3) = 12 trials" in result.stdout
+    assert "2 pair(s) x (scratch 1 + kd 2 + annealing 4) = 14 trials, 30 epochs" in result.stdout
     assert result.stderr == ""
 
 

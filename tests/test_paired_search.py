@@ -38,7 +38,7 @@ def mlp4_after_mlp16_finished(overrides: list[str]) -> tuple[dict, dict]:
     search = PairedSearch(study, validate(study))
     configs = dict(zip([f"t{i}" for i in range(6)], suggest_all(search, 6)))
     donor = next(t for t, c in configs.items() if (c["student"], c["method"]) == ("mlp-16", "annealing"))
-    search.on_trial_complete(donor, {"val_best": 0.9})
+    search.on_trial_complete(donor, {"val_best": 0.9, "final": 1})
     later = [search.suggest(f"u{i}") for i in range(6)]
     return configs[donor], next(c for c in later if (c["student"], c["method"]) == ("mlp-4", "annealing"))
 
@@ -62,7 +62,8 @@ def test_search_state_survives_a_save_and_restore(tmp_path):
     restored = PairedSearch(study, validate(study))
     restored.restore(str(tmp_path / "search.pkl"))
     assert restored.started == search.started and restored.owner == search.owner
-    rest = suggest_all(restored, 7)  # 12 in all: the remaining budget, not a fresh one
+    total = sum(study.search.trials.values()) * len(study.pairs)
+    rest = suggest_all(restored, total - 5)  # the remaining budget, not a fresh one
     assert all(isinstance(c, dict) for c in rest) and restored.suggest("x") == Searcher.FINISHED
     pickle.dumps(restored.__dict__)
 
@@ -75,8 +76,50 @@ def test_a_warm_start_never_hands_a_pair_a_point_it_already_tried():
     other = next(t for t, c in configs.items() if (c["student"], c["method"]) == ("mlp-4", "annealing"))
     # mlp-4 was seeded with mlp-16's point in an earlier suggestion, so that point is now mlp-4's own
     search.params_of[other] = dict(search.params_of[mine])
-    search.on_trial_complete(other, {"val_best": 0.95})
-    search.on_trial_complete(mine, {"val_best": 0.5})
+    search.on_trial_complete(other, {"val_best": 0.95, "final": 1})
+    search.on_trial_complete(mine, {"val_best": 0.5, "final": 1})
     later = [search.suggest(f"u{i}") for i in range(6)]
     again = next(c for c in later if (c["student"], c["method"]) == ("mlp-16", "annealing"))
     assert {k: again[k] for k in search.params_of[mine]} != search.params_of[mine]
+
+
+def test_a_trial_stopped_early_is_pruned_in_optuna_and_never_a_donor():
+    import optuna
+
+    study = load_study(QUICKSTART)
+    search = PairedSearch(study, validate(study))
+    configs = dict(zip([f"t{i}" for i in range(6)], suggest_all(search, 6)))
+    stopped = next(t for t, c in configs.items() if (c["student"], c["method"]) == ("mlp-16", "annealing"))
+    for epoch, value in enumerate([0.5, 0.6]):  # what it reached before the scheduler stopped it
+        search.on_trial_result(stopped, {"val_best": value, "training_iteration": epoch + 1})
+    search.on_trial_complete(stopped, {"val_best": 0.6, "training_iteration": 2})  # no `final`: stopped
+    ot = search.groups[("mlp-256x2", "mlp-16", "annealing")]._ot_study
+    (trial,) = [t for t in ot.trials if t.state != optuna.trial.TrialState.RUNNING]
+    assert trial.state == optuna.trial.TrialState.PRUNED and trial.value == 0.6  # its last epoch, as pruned
+    assert trial.intermediate_values == {1: 0.5, 2: 0.6}
+    assert ("mlp-256x2", "mlp-16", "annealing") not in search.best  # warm starts take finished trials only
+
+
+def test_a_method_with_nothing_to_search_runs_once(tmp_path):
+    import yaml
+
+    from akd_ray.study import budgets
+
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump({"params": {
+        "tau_max": {"type": "int", "low": 2, "high": 4, "methods": ["annealing"]}}}))
+    data = yaml.safe_load(open(QUICKSTART))
+    data["search"] = {"space": str(tmp_path / "space.yaml"), "trials": {"scratch": 3, "kd": 2, "annealing": 4}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    study = load_study(tmp_path / "s.yaml")
+    assert budgets(study, validate(study)) == {"scratch": 1, "kd": 1, "annealing": 4}
+    search = PairedSearch(study, validate(study))
+    configs = suggest_all(search, 2 * (1 + 1 + 4))
+    assert all(isinstance(c, dict) for c in configs) and search.suggest("x") == Searcher.FINISHED
+
+    from typer.testing import CliRunner
+
+    from akd_ray.cli import app
+
+    out = CliRunner().invoke(app, ["validate", str(tmp_path / "s.yaml")])
+    assert out.exit_code == 0, out.output
+    assert "scratch: the search space has no parameter for it, so it runs once per pair (trials: 3 -> 1)" in out.output

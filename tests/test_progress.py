@@ -96,7 +96,7 @@ def test_quickstart_without_a_terminal_prints_one_line_per_trial_and_the_table(t
         cli("tune", str(ROOT / "studies" / "quickstart.yaml"), "--set", f"storage={tmp_path}",
             "--set", "students={mlp-16: {kind: mlp, hidden: [16]}}",
             "--set", "search.trials={scratch: 1, kd: 1, annealing: 2}", "--set", "search.confirm_seeds=1",
-            "--set", "teachers.mlp-256x2.train.epochs=4"),
+            "--set", "teachers.mlp-256x2.train.epochs=4", "--set", "train.epochs=12"),
         cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env())
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
@@ -106,7 +106,7 @@ def test_quickstart_without_a_terminal_prints_one_line_per_trial_and_the_table(t
     assert len([line for line in lines if line.startswith("[search ")]) == 4
     assert len([line for line in lines if line.startswith("[confirm ")]) == 3  # annealing, kd, scratch x 1 seed
     assert lines[0].endswith(f"4 search trials + up to 3 confirmation runs; results in {tmp_path / 'quickstart'}")
-    assert "| mlp-256x2 | mlp-16 |" in out  # the final table
+    assert "quickstart: verdict per teacher-student pair" in out  # the final table
     log = (tmp_path / "quickstart" / "tune.log").read_text()
     assert "Trial status:" in log and "Trial name" in log  # Tune's own tables, not on stdout
     assert "Trial status:" not in out

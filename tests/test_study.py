@@ -52,7 +52,8 @@ def test_tune_searches_every_pair_confirms_tracks_and_resumes(tmp_path, mlflow_s
     study = small_study(tmp_path, mlflow_server.uri)
     first = tune(study)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "best temperature per teacher-student pair" in first.stdout
+    assert "tiny: verdict per teacher-student pair" in first.stdout
+    assert "teacher mlp-128: accuracy val" in first.stdout  # the teacher beside the majority class, live
 
     rows = json.loads((tmp_path / "results/tiny/report/trials.json").read_text())
     search = [r for r in rows if r["phase"] == "search"]
@@ -123,7 +124,7 @@ def test_default_store_report_and_ui_show_the_study(tmp_path):
     report = subprocess.run([sys.executable, "-m", "akd_ray.cli", "report", str(study)], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr
-    assert "| mlp-128 | mlp-8 |" in report.stdout
+    assert "mlp-128 → mlp-8: use " in report.stdout
     for png in ("metric_vs_tau_max.png", "capacity_gap.png", "schedule.png"):
         assert (tmp_path / "results/tiny/report" / png).stat().st_size > 1000
 

@@ -186,16 +186,6 @@ def tiny_trainable(config: dict) -> None:
                 checkpoint=tune.Checkpoint.from_directory(config["checkpoint"]))
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")
-    # the workers import this module for `tiny_trainable`
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
-    yield ray
-    ray.shutdown()
-
-
 def children(client: MlflowClient, parent_id: str) -> list:
     run = client.get_run(parent_id)
     return client.search_runs([run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
@@ -365,8 +355,16 @@ def test_report_and_teacher_fingerprints_land_on_the_study_run(mlflow_server, tm
     parent = tracking.start_study(study, "name: rep\n", "params: {}\n")
     (tmp_path / "results.csv").write_text("a,b\n1,2\n")
     (tmp_path / "report.md").write_text("# report\n")
-    tracking.log_teacher_fingerprints(parent, {"mlp-64": "0123abcd"})
-    tracking.log_report(parent, [tmp_path / "results.csv", tmp_path / "report.md"])
+    (tmp_path / "pairs.md").write_text("# verdict\n")
+    tracking.log_teachers(parent, {"mlp-64": "0123abcd"}, {"mlp-64": {"metric": "accuracy", "val": 0.9,
+                                                                      "majority_val": 0.1}})
+    verdict = SimpleNamespace(teacher="mlp-64", student="mlp-4", best="scratch", text="scratch is best")
+    tracking.log_report(parent, [tmp_path / "results.csv", tmp_path / "pairs.md"], [verdict])
     client = MlflowClient(mlflow_server.uri)
-    assert client.get_run(parent).data.tags["teacher.mlp-64.fingerprint"] == "0123abcd"
-    assert {a.path for a in client.list_artifacts(parent, "report")} == {"report/results.csv", "report/report.md"}
+    run = client.get_run(parent)
+    assert run.data.tags["teacher.mlp-64.fingerprint"] == "0123abcd"
+    assert run.data.metrics["teacher.mlp-64.val"] == 0.9 and run.data.metrics["teacher.mlp-64.majority_val"] == 0.1
+    assert run.data.tags["verdict.mlp-64.mlp-4"] == "scratch is best"
+    assert run.data.tags["recommended.mlp-64.mlp-4"] == "scratch"
+    assert run.data.tags["mlflow.note.content"] == "# verdict\n"  # the run's description in the UI
+    assert {a.path for a in client.list_artifacts(parent, "report")} == {"report/results.csv", "report/pairs.md"}
