@@ -77,6 +77,7 @@ class MethodResult:
     trials: int  # search trials
     stopped: int
     failed: int
+    val: float  # the search's best validation score: what picks the method when nothing is confirmed
     mean: float = field(init=False)
     std: float = field(init=False)
     low: float = field(init=False)
@@ -112,7 +113,7 @@ def method_result(study: Study, rows: list[dict], method: str) -> MethodResult:
     values = [r["test_metric"] for r in confirm] or ([best["test_metric"]] if best else [])
     return MethodResult(method, recipe(study, method, params), values, bool(confirm), trials=len(search),
                         stopped=sum(bool(r.get("stopped")) for r in search),
-                        failed=sum(bool(r.get("error")) for r in mine))
+                        failed=sum(bool(r.get("error")) for r in mine), val=best["val_best"] if best else math.nan)
 
 
 def recipe(study: Study, method: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -135,14 +136,16 @@ def judge(study: Study, teacher: str, student: str, rows: list[dict]) -> Verdict
         return Verdict(teacher, student, results, None, False,
                        f"no trial finished for this pair ({failed} failed, {stopped} stopped early): no verdict",
                        {}, size)
-    best = max(ran, key=lambda m: ran[m].mean)
+    confirmed = all(r.confirmed for r in ran.values())
+    # confirmed: the best mean over fresh seeds; else the search's own pick, by validation (never test)
+    best = max(ran, key=lambda m: ran[m].mean if confirmed else ran[m].val)
     others = [m for m in ran if m != best]
     diffs = {m: welch_interval(ran[best].values, ran[m].values) for m in others}
     decided = all(low > 0 for _, low, _ in diffs.values())
     fewest = min(r.n for r in ran.values())
     head = describe(best, ran[best].config)
-    if not all(r.confirmed for r in ran.values()):
-        text = (f"{head} has the best search score, not confirmed over seeds (search.confirm_seeds: "
+    if not confirmed:
+        text = (f"{head} has the best validation score, not confirmed over seeds (search.confirm_seeds: "
                 f"{study.search.confirm_seeds}): cannot tell")
         decided = False
     elif fewest < MIN_SEEDS:

@@ -569,22 +569,26 @@ def confirmation_points(study: Study, rows: list[dict]) -> list[dict]:
     return points
 
 
-def register_best_students(study: Study, rows: list[dict], teacher_dirs: dict[str, Path], callback) -> None:
-    """Each pair's best student (by validation, over every method and phase) -> MLflow registry."""
+def register_best_students(study: Study, rows: list[dict], teacher_dirs: dict[str, Path], callback,
+                           verdicts: list) -> None:
+    """Each pair's recommended method -> its best student (by validation, search or confirmation run)
+    in the MLflow registry, with the pick on the model version."""
     from akd_ray import tracking
     from akd_ray.tasks import load_task
 
     task = None
-    for teacher, student in study.pairs:
-        done = [r for r in rows if (r["teacher"], r["student"]) == (teacher, student) and r["checkpoint"]]
+    for v in verdicts:
+        done = [r for r in rows if (r["teacher"], r["student"], r["method"]) == (v.teacher, v.student, v.best)
+                and r["checkpoint"]]
         if not done:
             continue
         best = max(done, key=lambda r: r[METRIC])
         run_id = callback.run_id(best["trial_id"])
         if run_id is None:  # MLflow never received this trial (e.g. it was down): nothing to attach to
             continue
-        task = task or load_task(study.task, str(teacher_dirs[teacher]))
-        tracking.register_best(study, (teacher, student), run_id, Path(best["checkpoint"]) / STUDENT_DIR, task)
+        task = task or load_task(study.task, str(teacher_dirs[v.teacher]))
+        tracking.register_best(study, (v.teacher, v.student), run_id, Path(best["checkpoint"]) / STUDENT_DIR, task,
+                               pick=v)
 
 
 @dataclass
@@ -660,9 +664,11 @@ def run_study(study: Study, address: str | None = None, say: Callable[[str], Non
             raise tracking.TrackingError(
                 f"MLflow at {uri} is unreachable at the end of the study: results are in {layout.root}, "
                 f"unsent MLflow calls are kept there; run `akd-ray tune` on the study again to send them")
+        verdicts = reports.verdicts(study, rows)
         if study.mlflow.register_best:
-            register_best_students(study, rows, teacher_dirs, callback)
-        tracking.log_report(parent, files, reports.verdicts(study, rows))
+            register_best_students(study, rows, teacher_dirs, callback, verdicts)
+        tracking.log_picks(parent, verdicts)
+        tracking.log_report(parent, files, verdicts)
         tracking.finish_study(parent)
         progress.stop("done")
         return StudyResult(rows, layout, uri, files, quality)

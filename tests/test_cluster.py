@@ -331,8 +331,8 @@ def mlflow_runs(uri: str, study: Path) -> tuple[list, list]:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(study_root(study).name)
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    is_child = {r.info.run_id: "mlflow.parentRunId" in r.data.tags for r in runs}
-    return [r for r in runs if not is_child[r.info.run_id]], [r for r in runs if is_child[r.info.run_id]]
+    return ([r for r in runs if "mlflow.parentRunId" not in r.data.tags],
+            [r for r in runs if "akd.trial_id" in r.data.tags])  # the pair runs between them are neither
 
 
 def epochs_in(uri: str, run) -> list[int]:

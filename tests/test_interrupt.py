@@ -41,7 +41,8 @@ def mlflow_runs(storage: Path) -> tuple:
     exp = client.get_experiment_by_name("quickstart")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    return parent, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    pairs = [r for r in runs if "akd.pair" in r.data.tags]
+    return parent, pairs, [r for r in runs if "akd.trial_id" in r.data.tags]
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
@@ -60,8 +61,8 @@ def test_an_interrupt_stops_cleanly_and_a_rerun_finishes_every_trial_once(tmp_pa
     assert "interrupted during the search phase" in err and "Resume with: akd-ray tune" in err
     assert not (storage / "quickstart/report/pairs.md").exists()  # nothing that looks like an answer
     assert "verdict" not in out
-    (parent,), children = mlflow_runs(storage)
-    assert parent.info.status == "KILLED"
+    (parent,), (pair,), children = mlflow_runs(storage)
+    assert parent.info.status == "KILLED" and pair.info.status == "KILLED"
     statuses = [r.info.status for r in children]
     assert "RUNNING" not in statuses and "KILLED" in statuses, statuses
     done_before = {r.data.tags["akd.trial_id"] for r in children if r.info.status == "FINISHED"}
@@ -72,8 +73,8 @@ def test_an_interrupt_stops_cleanly_and_a_rerun_finishes_every_trial_once(tmp_pa
     rows = json.loads((storage / "quickstart/report/trials.json").read_text())
     assert len(rows) == 3 + 2 and all(r["finished"] for r in rows)
     assert len({r["trial_id"] for r in rows}) == len(rows)
-    (parent,), children = mlflow_runs(storage)
-    assert parent.info.status == "FINISHED"
+    (parent,), (pair,), children = mlflow_runs(storage)
+    assert parent.info.status == "FINISHED" and pair.info.status == "FINISHED"
     ids = [r.data.tags["akd.trial_id"] for r in children]
     assert sorted(ids) == sorted(r["trial_id"] for r in rows)  # exactly one MLflow run per trial
     assert {r.info.status for r in children} == {"FINISHED"}
@@ -90,6 +91,6 @@ def test_a_teacher_at_chance_level_stops_the_study_before_the_search(tmp_path):
     assert "is not clearly above the majority-class baseline" in result.stderr
     assert "min_margin: null" in result.stderr  # how to go on anyway
     assert not (storage / "quickstart/tune/search").exists()
-    (parent,), children = mlflow_runs(storage)
-    assert parent.info.status == "FAILED" and not children
+    (parent,), pairs, children = mlflow_runs(storage)
+    assert parent.info.status == "FAILED" and not pairs and not children
     assert parent.data.metrics["teacher.mlp-256x2.val"] < 0.2

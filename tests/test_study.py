@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -84,8 +85,24 @@ def test_tune_searches_every_pair_confirms_tracks_and_resumes(tmp_path, mlflow_s
     client = MlflowClient(mlflow_server.uri)
     exp = client.get_experiment_by_name("tiny")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    (study_run,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    pairs = {r.data.tags["akd.pair"]: r for r in runs if "akd.pair" in r.data.tags}
+    children = [r for r in runs if "akd.trial_id" in r.data.tags]
     assert len(children) == len(rows)
+    # study -> pair -> trial, and each pair run carries the pair's pick
+    assert sorted(pairs) == ["mlp-128->mlp-4", "mlp-128->mlp-8"]
+    assert all(p.data.tags["mlflow.parentRunId"] == study_run.info.run_id for p in pairs.values())
+    assert all(pairs[r.data.tags["pair"]].info.run_id == r.data.tags["mlflow.parentRunId"] for r in children)
+    verdicts = list(csv.DictReader(open(tmp_path / "results/tiny/report/pairs.csv")))
+    for v in verdicts:
+        pair = pairs[f"{v['teacher']}->{v['student']}"]
+        assert pair.info.status == "FINISHED" and pair.data.params["pick.method"] == v["recommended"]
+        assert pair.data.metrics["pick.mean"] == pytest.approx(float(v[f"{v['recommended']}_mean"]))
+        assert pair.data.tags["verdict"] == v["verdict"]
+        if v["recommended"] == "annealing":
+            assert pair.data.params["pick.tau_max"] in ("2", "3") and "pick.schedule" in pair.data.params
+        if v["recommended"] != "kd":
+            assert "gain_over_kd" in pair.data.metrics and "gain_over_kd.ci_low" in pair.data.metrics
 
     # running the same study again resumes: nothing re-runs, nothing is duplicated
     second = tune(study)
@@ -148,11 +165,19 @@ def test_default_store_report_and_ui_show_the_study(tmp_path):
         runs = requests.post(f"{api}/runs/search", json={"experiment_ids": [exp["experiment_id"]]}, timeout=10).json()["runs"]
         tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
         parents = [t for t in tags if "mlflow.parentRunId" not in t]
-        children = [t for t in tags if "mlflow.parentRunId" in t]
-        assert len(parents) == 1 and len(children) == 2
+        pairs = [t for t in tags if "akd.pair" in t]
+        children = [t for t in tags if "akd.trial_id" in t]
+        assert len(parents) == 1 and len(pairs) == 1 and len(children) == 2
+        assert exp["tags"] and {t["key"]: t["value"] for t in exp["tags"]}["mlflow.experimentKind"] == \
+            "custom_model_development"  # the UI opens it on its training runs
         models = requests.get(f"{api}/registered-models/search", timeout=10).json()["registered_models"]
         best = [m for m in models if m["name"].startswith("tiny-")]
         assert len(best) == 1 and any(a["alias"] == "best" for a in best[0].get("aliases", []))
+        version = requests.get(f"{api}/registered-models/alias", params={"name": best[0]["name"], "alias": "best"},
+                               timeout=10).json()["model_version"]
+        tags = {t["key"]: t["value"] for t in version.get("tags", [])}
+        assert tags["pick.method"] in ("kd", "annealing") and "not confirmed over seeds" in tags["verdict"]
+        assert version["description"].startswith(("KD alpha", "Annealing-KD tau_max"))
     finally:
         import os
         import signal

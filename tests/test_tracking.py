@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -97,6 +99,8 @@ def test_local_sqlite_study_run_is_created_once(tmp_path):
     assert run.data.tags[tracking.STUDY_TAG] == "trk"
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.name == "trk" and experiment.artifact_location.startswith("file://")
+    # MLflow 3's UI opens a model-training experiment on its runs table, not on the GenAI overview
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(tmp_path)
     assert {a.path for a in client.list_artifacts(first)} >= {"study.yaml", "search_space.yaml", "study.resolved.json"}
 
@@ -187,8 +191,15 @@ def tiny_trainable(config: dict) -> None:
 
 
 def children(client: MlflowClient, parent_id: str) -> list:
+    """The trial runs of a study run: each under its pair's run, which is under the study run."""
     run = client.get_run(parent_id)
-    return client.search_runs([run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    trials = client.search_runs([run.info.experiment_id], filter_string=f"tags.`akd.study_run` = '{parent_id}'")
+    trials = [r for r in trials if tracking.TRIAL_TAG in r.data.tags]
+    for r in trials:
+        pair = client.get_run(r.data.tags["mlflow.parentRunId"])
+        assert pair.data.tags[tracking.PAIR_TAG] == r.data.tags["pair"]
+        assert pair.data.tags["mlflow.parentRunId"] == parent_id
+    return trials
 
 
 @pytest.mark.slow
@@ -339,6 +350,19 @@ def test_registered_best_student_predicts_like_torch(mlflow_server, tmp_path, st
     assert (out["label"].to_numpy() == expected).all()
     assert np.allclose(out[[f"prob_{k}" for k in range(10)]].sum(axis=1), 1)
     assert model.metadata.get_input_schema() is not None
+
+    # the registered model loads and predicts where Ray (and Optuna) cannot even be imported
+    np.save(tmp_path / "x.npy", x.numpy())
+    script = (
+        "import sys; sys.modules['ray'] = sys.modules['optuna'] = None  # import ray -> ImportError\n"
+        "import mlflow, numpy as np\n"
+        f"mlflow.set_tracking_uri({mlflow_server.uri!r})\n"
+        "model = mlflow.pyfunc.load_model('models:/reg-mlp-64-mlp-4@best')\n"
+        f"np.save({str(tmp_path / 'labels.npy')!r}, model.predict(np.load({str(tmp_path / 'x.npy')!r}))['label'].to_numpy())\n"
+        "assert 'ray' not in [m.split('.')[0] for m, v in sys.modules.items() if v is not None]\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (np.load(tmp_path / "labels.npy") == expected).all()
 
     # a resumed study registers the same trial again: nothing new; a better trial moves the alias
     same = tracking.register_best(study, ("mlp-64", "mlp-4"), child, student_dir / STUDENT, digits)

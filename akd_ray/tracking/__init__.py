@@ -1,0 +1,42 @@
+"""MLflow, in one package, one job per file; only the study's driver calls it.
+
+    study   -> experiment `mlflow.experiment` (default: the study name)            study_run.py
+               parent run tagged `akd.study=<name>`: study file, search space, code version,
+               teachers, the report, the verdict per pair
+    pair    -> a run under the study run, its trials under it; at the end the      study_run.py
+               pair's pick as params/metrics (method, tau_max, schedule, mean, CI, gains)
+    trial   -> child run (`mlflow.parentRunId`, `akd.trial_id`): config as params,    callback.py
+               per-epoch metrics at step = epoch, FINISHED / FAILED / KILLED
+    best    -> registered model `<study>-<teacher>-<student>`, alias `best`         registry.py
+               a pyfunc on raw inputs that loads without Ray                       student.py
+    where   -> tracking URI, reachability, batched writes, fail-fast HTTP           store.py
+
+Everything is idempotent by tag, so a resumed study or a restarted trial reuses its runs.
+`start_study` makes the study's tracking URI the process default, which the later calls use. The
+trial callback never lets an unreachable server stop a study: failed calls stay buffered, in order,
+are retried, and are spooled to disk if the server is still away at the end of a phase.
+
+Importing this package does not import Ray: `MlflowCallback` (a Tune callback) loads on first use.
+"""
+
+from akd_ray.tracking.registry import model_name, register_best
+from akd_ray.tracking.store import (ALIAS, ERROR_TAG, OUTCOME_TAG, PAIR_TAG, STUDY_RUN_TAG, STUDY_TAG, TRIAL_TAG,
+                                    TrackingError,
+                                    callback_env, check_reachable, client_for, env_defaults, study_dir,
+                                    tracking_uri)
+from akd_ray.tracking.student import StudentModel, load_student, text_columns
+from akd_ray.tracking.study_run import (code_version, finish_study, log_picks, log_report, log_teachers, pair_run,
+                                        start_study)
+
+__all__ = ["ALIAS", "ERROR_TAG", "OUTCOME_TAG", "PAIR_TAG", "STUDY_RUN_TAG", "STUDY_TAG", "TRIAL_TAG", "MlflowCallback", "StudentModel",
+           "TrackingError", "callback_env", "check_reachable", "client_for", "code_version", "env_defaults",
+           "finish_study", "load_student", "log_picks", "log_report", "pair_run", "log_teachers", "model_name", "register_best",
+           "start_study", "study_dir", "text_columns", "tracking_uri"]
+
+
+def __getattr__(name: str):
+    if name == "MlflowCallback":  # the one part that needs Ray
+        from akd_ray.tracking.callback import MlflowCallback
+
+        return MlflowCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
