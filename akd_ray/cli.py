@@ -72,7 +72,10 @@ def main_options(version: Annotated[bool, typer.Option("--version", callback=_ve
 
 
 @app.command()
-def validate(study: StudyArg, set: SetOpt = None, address: AddressOpt = None) -> None:
+def validate(study: StudyArg, set: SetOpt = None, address: Annotated[Optional[str], typer.Option(
+        help="The Ray cluster `tune` will use (default $RAY_ADDRESS): one trial is then not checked against "
+             "this machine; `tune` checks it on the cluster once connected.", metavar="ADDRESS",
+        show_default=False)] = None) -> None:
     """Check a study and everything it points to, without training; print the plan.
 
     Checks the study file and search space, the data (GLUE columns and labels, ImageFolder classes and
