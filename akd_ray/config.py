@@ -107,8 +107,9 @@ class TrainSpec(Frozen):
     decay: float = Field(3.0, gt=0, description="rate k of the `exp` schedule")
     alpha: float = Field(0.5, ge=0, le=1, description="KD: weight of the soft loss")
     kd_temperature: float = Field(4.0, gt=0, description="KD: softmax temperature")
-    batch_size: int = Field(64, ge=1)
-    eval_batch_size: int = Field(512, ge=1)
+    batch_size: int = Field(64, ge=1, description="the global batch: with resources.workers > 1 the workers "
+                            "split it (it must divide evenly), so a recipe means the same on 1, 2 or 8 GPUs")
+    eval_batch_size: int = Field(512, ge=1, description="per worker; also the teacher-logit batch")
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -123,8 +124,9 @@ class TeacherSpec(Frozen):
     model: ModelSpec
     prepare: Literal["train", "load"] = Field(
         "train", description="train: fit on the task (fine-tune if pretrained); load: use a trained model")
-    path: Path | None = Field(None, description="load: a folder saved by akd-ray (or a fine-tuned hf "
-                                                "folder); None with kind hf: model.path is the teacher")
+    path: Path | None = Field(None, description="load: a folder saved by akd-ray, a fine-tuned hf folder "
+                                                "(save_pretrained), or a state-dict file (.safetensors/.pt) "
+                                                "of `model`; None with kind hf: model.path is the teacher")
     train: TrainSpec = TrainSpec()
     checkpoints: int = Field(4, ge=1, description="training snapshots kept for Pro-KD")
     min_margin: float | None = Field(
@@ -180,6 +182,14 @@ class Resources(Frozen):
             raise ValueError("more than one GPU per worker must be a whole number")
         return v
 
+    @model_validator(mode="after")
+    def _one_gpu_per_rank(self) -> "Resources":
+        if self.workers > 1 and 0 < self.gpus_per_worker < 1:
+            raise ValueError(f"gpus_per_worker = {self.gpus_per_worker:g} with workers = {self.workers}: Ray may "
+                             "place two ranks of one trial on the same GPU, which NCCL refuses; give each "
+                             "worker a whole GPU, or use workers: 1 to pack small trials with fractions")
+        return self
+
 
 class MlflowSpec(Frozen):
     tracking_uri: str | None = Field(None, description="None: $MLFLOW_TRACKING_URI, else a sqlite store "
@@ -199,6 +209,8 @@ class Study(Frozen):
     teachers: dict[str, TeacherSpec] = Field(min_length=1)
     students: dict[str, ModelSpec] = Field(min_length=1)
     assistant: ModelSpec | None = Field(None, description="TAKD's teacher assistant")
+    assistant_train: TrainSpec | None = Field(None, description="how the assistant is KD-trained from each "
+                                                                "teacher, once per study; None: `train`")
     train: TrainSpec = TrainSpec()
     search: SearchSpec
     resources: Resources = Resources()
@@ -246,7 +258,9 @@ class RunConfig(Frozen):
     seed: int = Field(0, description="student init and batch order")
     augment_seed: int = Field(0, description="which augmented views: shared by a study's trials so "
                                              "cached teacher logits apply to all of them")
-    tokenizer: str | None = Field(None, description="GLUE: tokenizer folder; None: the teacher's")
+    tokenizer: str | None = Field(None, description="GLUE: the student's tokenizer; None: its own (an hf "
+                                                     "model's path; a model derived from the teacher: the teacher's)")
+    assistant_dir: Path | None = Field(None, description="takd: the study's prepared assistant (akd_ray.teacher)")
     cache_dir: Path | None = Field(None, description="shared teacher-logit cache; None: in memory only")
 
     @model_validator(mode="after")
@@ -594,8 +608,12 @@ def _resolve_paths(study: Study, path: Path, origins: Origins | None = None) -> 
         if t.model.kind == "hf" and _looks_local(t.model.path, base):
             local = need(("teachers", name, "model", "path"), resolve(t.model.path), folder=True)
             t = t.model_copy(update={"model": t.model.model_copy(update={"path": str(local)})})
-        if t.path is not None:
-            t = t.model_copy(update={"path": need(("teachers", name, "path"), resolve(t.path), folder=True)})
+        if t.path is not None:  # a folder, or a state-dict file: preflight checks what it holds
+            local = resolve(t.path)
+            if not local.exists():
+                raise ConfigError(f"{origins.of(('teachers', name, 'path'))}: teachers.{name}.path: no such file "
+                                  f"or folder {local}")
+            t = t.model_copy(update={"path": local})
         teachers[name] = t
     students = {}
     for name, s in study.students.items():

@@ -11,14 +11,21 @@ Methods (each a plan of stages; a stage is a loss over some epochs):
   prokd      annealing, but stage I follows the teacher's training checkpoints in order
 
 Model selection uses the validation split held out of training; the test split is only evaluated
-on the checkpoint that selection picked. Under torch.distributed (Ray Train sets it up) the model
-is wrapped in DDP and each rank takes its share of every epoch's permutation.
+on the checkpoint that selection picked.
+
+Under torch.distributed (Ray Train sets it up) the model is wrapped in DDP and the ranks train one
+model: `train.batch_size` is the global batch, each rank taking its share of every batch; BatchNorm
+buffers are broadcast from rank 0 before every evaluation; val and test are split across ranks and
+gathered, so every rank computes the same metrics and takes the same decisions; every weight load
+is followed by a broadcast; the reported loss is the mean over ranks.
+
+GLUE: each model reads its own tokenizer's ids (a pretrained `hf` student its own, a student derived
+from the teacher the teacher's); the teacher's logits are per example, so they need no re-encoding.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -29,13 +36,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from akd_ray.config import RunConfig, TrainSpec
+from akd_ray.config import HF_KINDS, ModelSpec, RunConfig, TrainSpec
+from akd_ray.distributed import broadcast_object, broadcast_state, gather_rows, is_chief, mean_over_ranks, world
+from akd_ray.logits import TEACHER_FILE, TeacherLogits, snapshot_dir
 from akd_ray.method import annealing_loss, hard_label_loss, kd_loss, phi, regression_kd_loss, stage_split
 from akd_ray.method.schedules import temperature
 from akd_ray.models import build_model, load_model, logits_of, num_parameters, save_model
 from akd_ray.tasks import TaskData, load_task
 from akd_ray.tasks.base import Augment, Split
 from akd_ray.tasks.metrics import compute_metrics
+
+# Length buckets: a window of this many batches is sorted by length before it is cut into batches,
+# so a batch holds rows of similar length; the batches are then shuffled. Wide enough that a batch
+# pads little, narrow enough that batches still mix the data set.
+BUCKET_BATCHES = 50
 
 # on_epoch(metrics, state): `state()` returns everything needed to resume after this epoch
 EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
@@ -93,35 +107,94 @@ def lr_lambda(train: TrainSpec, total_steps: int) -> Callable[[int], float]:
     return f
 
 
-def epoch_order(n: int, seed: int, epoch: int, batch_size: int) -> list[torch.Tensor]:
-    """This rank's batches of sample indices for `epoch`: a seeded permutation, sharded by rank."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    if dist.is_initialized():  # equal shares so every rank takes the same number of steps
-        world, rank = dist.get_world_size(), dist.get_rank()
-        perm = perm[: n - n % world][rank::world]
-    return list(perm.split(batch_size))
+def epoch_order(n: int, seed: int, epoch: int, batch_size: int,
+                lengths: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """This rank's share of each global batch of `epoch`: a seeded permutation cut into batches of
+    `batch_size` (the global batch), every batch dealt out across ranks.
+
+    With `lengths`, batches come from length buckets (see BUCKET_BATCHES), still a seeded shuffle.
+    """
+    rank, size = world()
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    perm = perm[: n - n % size]  # equal shares, so every rank takes the same number of steps
+    if lengths is not None:
+        lengths = lengths.cpu()
+        window = batch_size * BUCKET_BATCHES
+        perm = torch.cat([w[lengths[w].argsort(stable=True)] for w in perm.split(window)])
+        batches = perm.split(batch_size)
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=g)]
+    else:
+        batches = list(perm.split(batch_size))
+    return [b[rank::size] for b in batches]
 
 
 def batches_per_epoch(n: int, batch_size: int) -> int:
-    """How many batches `epoch_order` gives this rank, without drawing a permutation."""
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    return math.ceil((n - n % world) // world / batch_size)
+    """How many batches `epoch_order` gives each rank, without drawing a permutation."""
+    size = world()[1]
+    return math.ceil((n - n % size) / batch_size)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, task: TaskData, split: Split, device: torch.device, batch_size: int,
              autocast: torch.autocast) -> dict[str, float]:
+    """Metrics of `model` on `split`: each rank runs its share of the rows, all ranks get all logits.
+
+    Rows go shortest first where the split knows lengths (a batch then pads little); `batch_size`
+    is per rank.
+    """
     model.eval()
-    logits = []
-    for idx in torch.arange(len(split)).split(batch_size):
+    rank, size = world()
+    order = split.lengths.argsort(stable=True).cpu() if split.lengths is not None else torch.arange(len(split))
+    mine = order[rank::size]
+    logits = [torch.empty(0, task.num_labels, device=device)]
+    for idx in mine.split(batch_size):
         inputs, _ = task.batch(split, idx, device)
         with autocast:
-            logits.append(logits_of(model, inputs).float())
-    return compute_metrics(task.name, torch.cat(logits), split.labels)
+            logits.append(logits_of(model, inputs).float().reshape(len(idx), -1))
+    everything = gather_rows(torch.cat(logits), order, len(split))
+    # the same numbers on every rank; rank 0's are handed out all the same, so no rounding
+    # difference between ranks can ever split a decision taken on them
+    return broadcast_object(compute_metrics(task.name, everything, split.labels))
 
 
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+# ---------------------------------------------------------------------------------------- setup
+def tokenizer_of(spec: ModelSpec, teacher_dir: Path | None) -> str | None:
+    """GLUE: whose tokenizer a model reads. A pretrained model its own; one derived from the teacher
+    (`hf_truncate`, `hf_config`) the teacher's, which its prepared folder holds."""
+    if spec.kind == "hf":
+        return spec.path
+    if spec.kind in HF_KINDS:
+        return str(teacher_dir)
+    return None
+
+
+def student_task(run: RunConfig) -> TaskData:
+    """The task as the student reads it (GLUE: in the student's own tokens)."""
+    return load_task(run.task, run.tokenizer or tokenizer_of(run.student_model, run.teacher_dir), run.cache_dir)
+
+
+def logits_source(run: RunConfig, task: TaskData, device: torch.device) -> TeacherLogits | None:
+    """Where the soft targets come from: the teacher, or for TAKD the assistant prepared for the study."""
+    if run.method == "scratch":
+        return None
+    source = run.teacher_dir
+    if run.method == "takd":
+        source = run.assistant_dir
+        if source is None or not (Path(source) / TEACHER_FILE).exists():
+            raise ValueError(f"takd needs the study's prepared assistant (akd_ray.teacher.prepare_assistant); "
+                             f"assistant_dir = {source} holds none")
+    teacher_task = None
+    if run.task.is_glue and str(source) != (run.tokenizer or tokenizer_of(run.student_model, run.teacher_dir)):
+        # the teacher reads its own tokens; loaded only if a table has to be computed
+        def teacher_task() -> TaskData:
+            return load_task(run.task, str(source), run.cache_dir)
+    return TeacherLogits(source, task, device, run.augment_seed, run.cache_dir, run.train.eval_batch_size,
+                         teacher_task=teacher_task)
 
 
 # ---------------------------------------------------------------------------------------- the run
@@ -131,17 +204,19 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
 
     `resume` is a state returned by an earlier `on_epoch`; `save_dir` receives the best model and,
     with `snapshots` > 0, that many evenly spaced training checkpoints (a teacher's, for Pro-KD).
+    Under torch.distributed every rank returns the same metrics; rank 0 saves.
     """
-    from akd_ray import teacher as teachers  # teacher preparation itself calls this function
-
     # -- setup ---------------------------------------------------------------------------------
     train = run.train
+    _, ranks = world()
+    if train.batch_size % ranks:
+        raise ValueError(f"train.batch_size = {train.batch_size} is the global batch; it must split evenly "
+                         f"over the {ranks} workers")
     device = pick_device(train)
     bf16 = train.precision == "bf16" or (train.precision == "auto" and device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     torch.manual_seed(run.seed)
-    tokenizer = run.tokenizer or (str(run.teacher_dir) if run.teacher_dir else None)
-    task = task or load_task(run.task, tokenizer)
+    task = task or student_task(run)
     if device.type == "cuda":  # the whole task on the GPU: batches are gathered there, no copy per step
         task = task.to(device)
     stages = plan(run)
@@ -154,15 +229,10 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
     if run.task.name in ("cifar10", "cifar100") and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
 
-    source_dir = run.teacher_dir
-    if run.method == "takd":
-        source_dir = prepare_assistant(run, task)
-    logits_source = (teachers.TeacherLogits(source_dir, task, device, run.augment_seed, run.cache_dir,
-                                            train.eval_batch_size)
-                     if run.method != "scratch" else None)
-    n_snapshots = len(teachers.checkpoint_dirs(source_dir)) if run.method == "prokd" else 0
+    soft = logits_source(run, task, device)
+    n_snapshots = soft.snapshots if run.method == "prokd" else 0
     if run.method == "prokd" and n_snapshots == 0:
-        raise ValueError(f"prokd needs the teacher's training checkpoints; {source_dir} has none")
+        raise ValueError(f"prokd needs the teacher's training checkpoints; {run.teacher_dir} has none")
 
     # -- state: everything a resumed run needs ---------------------------------------------------
     total_epochs = sum(s.epochs for s in stages)
@@ -175,8 +245,8 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
     else:
         snapshot_epochs = set()
 
-    ddp = dist.is_initialized()
-    wrapped = nn.parallel.DistributedDataParallel(model) if ddp else model
+    # DDP copies rank 0's parameters and buffers to every rank here: one model from the start
+    wrapped = nn.parallel.DistributedDataParallel(model) if ranks > 1 else model
     optimizer = scheduler = None
     epoch0 = 0
     for stage in stages:
@@ -187,12 +257,14 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
         if state["epoch"] == stage_range.start:
             if stage.number == 2 and state["stage_weights"] is not None and run.method in ("annealing", "prokd"):
                 unwrap(wrapped).load_state_dict(state["stage_weights"])  # stage II from best stage I
+                broadcast_state(unwrap(wrapped))
             state["stage_best"], state["stage_weights"] = -math.inf, None
         steps = stage.epochs * batches_per_epoch(len(task.train), train.batch_size)
         optimizer = make_optimizer(wrapped, train, device)  # fresh per stage, as the paper does
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train, steps))
         if resume is not None and state["epoch"] > stage_range.start:  # resumed mid-stage
             unwrap(wrapped).load_state_dict(resume["model"])
+            broadcast_state(unwrap(wrapped))
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
         resume = None
@@ -207,7 +279,7 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
             wrapped.train()
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=device)  # summed on device: no per-step CPU-GPU sync
-            batches = epoch_order(len(task.train), run.seed, epoch, train.batch_size)
+            batches = epoch_order(len(task.train), run.seed, epoch, train.batch_size, task.train.lengths)
             for idx in batches:
                 augment = Augment(run.augment_seed, epoch, idx) if task.augments else None
                 inputs, labels = task.batch(task.train, idx, device, augment)
@@ -216,22 +288,24 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
                 if stage.loss == "ce":
                     loss = hard_label_loss(z_s, labels)
                 elif stage.loss == "anneal":
-                    loss = annealing_loss(z_s, logits_source.get(epoch, idx, snapshot), phi(T, train.tau_max))
+                    loss = annealing_loss(z_s, soft.get(epoch, idx, snapshot), phi(T, train.tau_max))
                 elif task.is_regression:
-                    loss = regression_kd_loss(z_s, logits_source.get(epoch, idx), labels, train.alpha)
+                    loss = regression_kd_loss(z_s, soft.get(epoch, idx), labels, train.alpha)
                 else:
-                    loss = kd_loss(z_s, logits_source.get(epoch, idx), labels, train.alpha, train.kd_temperature)
+                    loss = kd_loss(z_s, soft.get(epoch, idx), labels, train.alpha, train.kd_temperature)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # DDP averages the gradients of the ranks' equal shares: the global batch's
                 optimizer.step()
                 scheduler.step()
                 loss_sum += loss.detach()
-            train_loss = loss_sum.item() / max(1, len(batches))
+            train_loss = mean_over_ranks(loss_sum).item() / max(1, len(batches))
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"{stage.loss} loss became {train_loss} in epoch {epoch}")
             seconds = time.perf_counter() - t0
 
             # -- evaluate on val, keep the best ----------------------------------------------------
+            # each rank's forward passes moved its own BatchNorm statistics: rank 0's count
+            broadcast_state(unwrap(wrapped), buffers_only=True)
             val = evaluate(unwrap(wrapped), task, task.val, device, train.eval_batch_size, autocast)
             score = val[task.metric]
             weights = None
@@ -241,13 +315,13 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
             if score > state["best"]:
                 state["best"], state["best_epoch"] = score, epoch
                 state["best_weights"] = weights if weights is not None else copy.deepcopy(unwrap(wrapped).state_dict())
-            if epoch in snapshot_epochs:
-                teachers.save_snapshot(unwrap(wrapped), run.student_model, save_dir,
-                                       sorted(snapshot_epochs).index(epoch), task)
+            if epoch in snapshot_epochs and is_chief():
+                save_model(unwrap(wrapped), run.student_model, snapshot_dir(save_dir, sorted(snapshot_epochs).index(epoch)),
+                           task)
 
             metrics = {"epoch": epoch, "stage": stage.number, "stage_epoch": stage_epoch, "train_loss": train_loss,
                        "lr": scheduler.get_last_lr()[0], "epoch_seconds": seconds,
-                       "samples_per_second": len(batches) * train.batch_size * (dist.get_world_size() if ddp else 1) / seconds,
+                       "samples_per_second": len(batches) * train.batch_size / seconds,
                        **{f"val_{k}": v for k, v in val.items()},
                        "val_metric": score, "val_best": state["best"]}
             if T is not None:
@@ -264,6 +338,7 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
     # -- test the checkpoint that validation picked ---------------------------------------------
     best = unwrap(wrapped)
     best.load_state_dict(state["best_weights"])
+    broadcast_state(best)
     test = evaluate(best, task, task.test, device, train.eval_batch_size, autocast)
     result = {"best_epoch": state["best_epoch"], "val_best": state["best"],
               **{f"test_{k}": v for k, v in test.items()}, "test_metric": test[task.metric],
@@ -271,23 +346,6 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
     for name, split in task.extra_tests.items():
         extra = evaluate(best, task, split, device, train.eval_batch_size, autocast)
         result.update({f"test_{name}_{k}": v for k, v in extra.items()})
-    if save_dir is not None and (not ddp or dist.get_rank() == 0):
+    if save_dir is not None and is_chief():
         save_model(best, run.student_model, Path(save_dir), task)
     return result
-
-
-def prepare_assistant(run: RunConfig, task: TaskData) -> Path:
-    """TAKD's first link: the assistant KD-trained from the teacher, once per (teacher, assistant, recipe)."""
-    from akd_ray import teacher as teachers
-
-    base = run.cache_dir or Path(run.teacher_dir) / "assistants"
-    fp = teachers.recipe_fingerprint(run.assistant_model, run.task, run.train.model_dump(
-        include={"epochs", "alpha", "kd_temperature", "lr", "batch_size", "optimizer"}),
-        teachers.teacher_info(run.teacher_dir)["fingerprint"], run.augment_seed)
-    folder = Path(base) / "assistants" / fp
-    if not (folder / teachers.TEACHER_FILE).exists():
-        link = run.model_copy(update={"method": "kd", "student_model": run.assistant_model, "seed": run.augment_seed})
-        metrics = run_distillation(link, save_dir=folder, task=task)
-        info = {"name": "assistant", "fingerprint": teachers.weights_fingerprint(folder), "metrics": metrics}
-        (folder / teachers.TEACHER_FILE).write_text(json.dumps(info, indent=2))
-    return folder

@@ -29,6 +29,7 @@ from akd_ray.method.schedules import stage_split, step_period
 from akd_ray.space import Space, load_space
 
 HUB_TIMEOUT_S = 5.0  # one request to the hub per model that is not cached; no retries
+STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")  # what akd_ray.teacher imports (a test keeps them equal)
 GLUE_HUB_DATASET = "nyu-mll/glue"
 
 
@@ -328,9 +329,13 @@ def check_models(study: Study, downloads: list[str]) -> None:
             _hub_reachable(spec.path, where, "model")
             downloads.append(f"{spec.path} from the hub")
     for name, t in study.teachers.items():
-        if t.path is not None and not any((Path(t.path) / f).is_file() for f in ("model.json", "config.json")):
-            raise PreflightError(f"{_where(study, f'teachers.{name}.path')}: {t.path} holds no trained model "
-                                 "(model.json from akd-ray, or config.json from transformers)")
+        p = None if t.path is None else Path(t.path)
+        if p is None or (p.is_file() and p.suffix in STATE_DICT_SUFFIXES):
+            continue
+        if p.is_file() or not ((p / "model.json").is_file() or (p / "config.json").is_file()
+                               or any(f.suffix in STATE_DICT_SUFFIXES for f in p.iterdir() if f.is_file())):
+            raise PreflightError(f"{_where(study, f'teachers.{name}.path')}: {p} holds no trained model (an akd-ray "
+                                 f"or transformers folder, or a state dict: {', '.join(STATE_DICT_SUFFIXES)})")
 
 
 def _hub_cached(repo_id: str, repo_type: str) -> bool:

@@ -260,10 +260,16 @@ def run_config(study: Study, config: dict[str, Any], teacher_dirs: dict[str, Pat
     """The RunConfig of one trial: the study's defaults with the trial's searched values on top."""
     train = study.train.model_copy(update={k: v for k, v in config.items() if k not in IDENTITY})
     teacher_dir = teacher_dirs[config["teacher"]]
+    assistant_dir = None
+    if config["method"] == "takd":  # prepared once per study by prepare_teachers, never per trial
+        from akd_ray.teacher import assistant_folder
+        assistant_dir = assistant_folder(Layout.of(study).root, study.assistant, study.task,
+                                         study.assistant_train or study.train, teacher_dir, study.seed)
     return RunConfig(
         study=study.name, task=study.task, teacher=config["teacher"], teacher_dir=teacher_dir,
         student=config["student"], student_model=study.students[config["student"]],
-        assistant_model=study.assistant, method=config["method"], train=TrainSpec.model_validate(train.model_dump()),
+        assistant_model=study.assistant, assistant_dir=assistant_dir, method=config["method"],
+        train=TrainSpec.model_validate(train.model_dump()),
         # a confirmation seed draws its own init, batch order and augmented views (the teacher-logit
         # cache keys on the augment seed): the spread over seeds covers all three
         seed=config.get("seed", study.seed), augment_seed=config.get("seed", study.seed),
@@ -344,7 +350,7 @@ def trial(config: dict, study: Study, teacher_dirs: dict[str, Path]) -> None:
     if r.workers == 1:
         return fit(run, tune.report, tune.get_checkpoint, tune.Checkpoint)
 
-    from ray.train import FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -357,6 +363,9 @@ def trial(config: dict, study: Study, teacher_dirs: dict[str, Path]) -> None:
         # the trial id in the name: a restarted trial finds its own Train checkpoints
         run_config=TrainRunConfig(name=f"train-{trial_id}", storage_path=str(Layout.of(study).tune),
                                   failure_config=FailureConfig(max_failures=r.max_failures),
+                                  # the latest (to resume) and one before it: a checkpoint per epoch would
+                                  # otherwise pile up (a 6-layer BERT student: 1.3 GB each)
+                                  checkpoint_config=CheckpointConfig(num_to_keep=2),
                                   callbacks=[TuneReportCallback()]))
     trainer.fit()
 
@@ -431,15 +440,20 @@ class Signals:
 
 # ---------------------------------------------------------------------------------------- teachers
 def prepare_teachers(study: Study) -> dict[str, Path]:
-    """Each teacher trained (or loaded) once, as a Ray task with one trial's resources; the live view
-    follows its epochs through a small file each task writes."""
-    from akd_ray.teacher import prepare_teacher
+    """Each teacher trained (or loaded) once, as a Ray task with one trial's resources (the live view
+    follows its epochs through a small file each task writes); then, for TAKD, each teacher's
+    assistant, once per study, with the study's assistant recipe."""
+    from akd_ray.teacher import prepare_assistant, prepare_teacher
 
     files = {name: Layout.of(study).teachers / f".{name}.epoch.json" for name in study.teachers}
     refs = {name: _as_task(study, prepare_teacher).remote(name, spec, study.task, Layout.of(study).root, study.seed,
                                                           on_epoch=progress.TeacherEpochs(files[name], spec.train.epochs))
             for name, spec in study.teachers.items()}
-    return progress.wait_teachers(refs, files)
+    dirs = progress.wait_teachers(refs, files)
+    if "takd" in study.search.trials:
+        ray.get([_as_task(study, prepare_assistant).remote(study.assistant, study.task, study.assistant_train or study.train, d,
+                                  Layout.of(study).root, study.seed) for d in dirs.values()])
+    return dirs
 
 
 def _as_task(study: Study, fn: Callable):
@@ -447,14 +461,14 @@ def _as_task(study: Study, fn: Callable):
     return ray.remote(fn).options(num_cpus=r.cpus_per_worker, num_gpus=min(1, r.gpus_per_worker))
 
 
-def assess_teacher(folder: Path, task_spec: TaskSpec) -> dict[str, Any]:
+def assess_teacher(folder: Path, task_spec: TaskSpec, cache_dir: Path | None = None) -> dict[str, Any]:
     """The teacher's metric on val and test beside the majority-class baseline on the same splits."""
     from akd_ray.engine import evaluate, pick_device
     from akd_ray.models import load_model
     from akd_ray.tasks import load_task
     from akd_ray.tasks.metrics import majority_baseline
 
-    task = load_task(task_spec, str(folder))
+    task = load_task(task_spec, str(folder), cache_dir)
     device = pick_device(TrainSpec())
     model = load_model(folder, task, device)
     fp32 = torch.autocast(device.type, enabled=False)
@@ -466,7 +480,8 @@ def assess_teacher(folder: Path, task_spec: TaskSpec) -> dict[str, Any]:
 
 
 def assess_teachers(study: Study, teacher_dirs: dict[str, Path]) -> dict[str, dict[str, Any]]:
-    refs = {name: _as_task(study, assess_teacher).remote(folder, study.task) for name, folder in teacher_dirs.items()}
+    refs = {name: _as_task(study, assess_teacher).remote(folder, study.task, Layout.of(study).cache)
+            for name, folder in teacher_dirs.items()}
     return {name: ray.get(ref) for name, ref in refs.items()}
 
 

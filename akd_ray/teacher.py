@@ -1,40 +1,36 @@
-"""Teachers: prepared once per study (trained, fine-tuned or loaded) and their logits, cached.
+"""Teachers and TAKD assistants, prepared once per study: trained, fine-tuned or loaded.
 
-A prepared teacher is a folder: the model (see akd_ray.models.save_model), `teacher.json` with its
-fingerprint, and `checkpoints/<k>/` -- snapshots of its training, which Pro-KD follows. The
-fingerprint hashes the weights, so a retrained or edited teacher never reuses stale logits.
+Preparing runs the worker loop (a teacher is a `scratch` run, an assistant a `kd` run from the
+teacher), so this module imports the engine; the engine only reads what it leaves behind, through
+akd_ray.logits. Each prepared model is a folder (see akd_ray.logits for its layout), built by one
+process under a lock in a temporary folder and renamed into place (akd_ray.cache.folder_once).
 
-Teacher logits for the training split are computed once per (teacher, data, augmented view) and
-written to the study's cache folder, shared by every trial; with augmentation, one table per epoch
-(the views are a pure function of (augment_seed, epoch, index), see akd_ray.tasks.base.Augment).
+    <storage>/<study>/teachers/<name>-<recipe fingerprint>/     trained or fine-tuned here
+    <storage>/<study>/teachers/<name>-load-<source hash>/       imported from `prepare: load`
+    <storage>/<study>/assistants/<recipe fingerprint>/          TAKD's assistant, per teacher
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+import shutil
 from pathlib import Path
-from typing import Callable
 
 import torch
 from pydantic import TypeAdapter
-from torch import nn
 
-from akd_ray.config import ModelSpec, RunConfig, TaskSpec, TeacherSpec
-from akd_ray.models import load_model, logits_of, save_model
-from akd_ray.tasks.base import Augment, TaskData
+from akd_ray.cache import folder_once
+from akd_ray.config import HF_KINDS, ModelSpec, RunConfig, TaskSpec, TeacherSpec, TrainSpec
+from akd_ray.engine import EpochCallback, run_distillation
+from akd_ray.logits import (TEACHER_FILE, checkpoint_dirs, fingerprint_record, teacher_info,  # noqa: F401
+                            weights_fingerprint)
+from akd_ray.models import SPEC_FILE, build_model, save_model
+from akd_ray.tasks import load_task
 
-TEACHER_FILE = "teacher.json"
-
-
-# ---------------------------------------------------------------------------------------- fingerprints
-def weights_fingerprint(folder: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model")
+STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
 def recipe_fingerprint(*parts: object) -> str:
@@ -44,118 +40,142 @@ def recipe_fingerprint(*parts: object) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def teacher_info(folder: Path) -> dict:
-    return json.loads((Path(folder) / TEACHER_FILE).read_text())
+def _is_ready(folder: Path) -> bool:
+    return (folder / TEACHER_FILE).exists()
 
 
-def checkpoint_dirs(folder: Path) -> list[Path]:
-    """The teacher's training snapshots, in training order (Pro-KD's footsteps)."""
-    root = Path(folder) / "checkpoints"
-    return sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: int(p.name)) if root.is_dir() else []
+def _finish(folder: Path, info: dict) -> None:
+    """Record a freshly built model's fingerprints (its weights and each snapshot's) in teacher.json."""
+    info = {**info, **fingerprint_record(folder), "snapshots": [fingerprint_record(d) for d in checkpoint_dirs(folder)]}
+    (folder / TEACHER_FILE).write_text(json.dumps(info, indent=2))
 
 
-# ---------------------------------------------------------------------------------------- preparation
+# ---------------------------------------------------------------------------------------- teachers
 def prepare_teacher(name: str, spec: TeacherSpec, task: TaskSpec, storage: Path, seed: int = 0,
-                    on_epoch: Callable[[dict], None] | None = None) -> Path:
-    """Return the folder of a ready teacher, training it only when no folder with its fingerprint exists."""
-    if spec.prepare == "load":
-        folder = Path(spec.path) if spec.path is not None else Path(spec.model.path)
-        if not (folder / TEACHER_FILE).exists():  # a foreign trained model: fingerprint it in place
-            info = {"name": name, "fingerprint": weights_fingerprint(folder), "prepared": "load"}
-            if os.access(folder, os.W_OK):
-                (folder / TEACHER_FILE).write_text(json.dumps(info, indent=2))
-        return folder
+                    on_epoch: EpochCallback | None = None) -> Path:
+    """Return the folder of a ready teacher, training it only when no folder with its fingerprint exists.
 
-    folder = Path(storage) / "teachers" / f"{name}-{recipe_fingerprint(spec, task, seed)}"
-    if (folder / TEACHER_FILE).exists():
-        return folder
-    from akd_ray.engine import run_distillation  # the teacher is a `scratch` run of the same worker
-
-    run = RunConfig(study="teacher", task=task, teacher=name, student=name, student_model=spec.model,
-                    method="scratch", train=spec.train, seed=seed, augment_seed=seed,
-                    tokenizer=spec.model.path if spec.model.kind == "hf" else None)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent if folder.parent.exists()
-                                else _mkdir(folder.parent)))
-    metrics = run_distillation(run, on_epoch=on_epoch, save_dir=tmp, snapshots=spec.checkpoints)
-    info = {"name": name, "fingerprint": weights_fingerprint(tmp), "prepared": "train",
-            "metrics": metrics, "model": TypeAdapter(ModelSpec).dump_python(spec.model, mode="json")}
-    (tmp / TEACHER_FILE).write_text(json.dumps(info, indent=2))
-    try:
-        tmp.rename(folder)  # atomic: a concurrent preparer either wins or finds the folder ready
-    except OSError:
-        if not (folder / TEACHER_FILE).exists():
-            raise
-    return folder
-
-
-def _mkdir(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p
-
-
-# ---------------------------------------------------------------------------------------- logits
-@torch.no_grad()
-def compute_logits(model: nn.Module, task: TaskData, device: torch.device, batch_size: int,
-                   augment: tuple[int, int] | None = None) -> torch.Tensor:
-    """Logits (N, C) of `model` on the training split; `augment=(seed, epoch)` picks the views."""
-    model.eval()
-    out = []
-    n = len(task.train)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    for start in range(0, n, batch_size):
-        idx = torch.arange(start, min(start + batch_size, n))
-        aug = Augment(augment[0], augment[1], idx) if augment is not None else None
-        inputs, _ = task.batch(task.train, idx, device, aug)
-        with autocast:
-            out.append(logits_of(model, inputs).float().cpu())
-    return torch.cat(out)
-
-
-class TeacherLogits:
-    """The teacher's logits for training samples, by epoch and index; computed once, then cached.
-
-    `snapshot` selects one of the teacher's training checkpoints (Pro-KD); None is the final teacher.
+    `storage` is the study's root (`<storage>/<study>`); `on_epoch` sees the training's progress.
     """
+    if spec.prepare == "load":
+        return import_teacher(name, spec, task, storage)
 
-    def __init__(self, teacher_dir: Path, task: TaskData, device: torch.device, augment_seed: int,
-                 cache_dir: Path | None, batch_size: int = 1024):
-        self.teacher_dir, self.task, self.device = Path(teacher_dir), task, device
-        self.augment_seed, self.batch_size = augment_seed, batch_size
-        fp = teacher_info(teacher_dir)["fingerprint"]
-        self.key = f"{fp}-{task.fingerprint()}" + (f"-aug{augment_seed}" if task.augments else "")
-        self.cache = Path(cache_dir) / "teacher-logits" / self.key if cache_dir else None
-        self._memory: dict[tuple[int | None, int], torch.Tensor] = {}
+    def train(tmp: Path) -> None:
+        run = RunConfig(study="teacher", task=task, teacher=name, student=name, student_model=spec.model,
+                        method="scratch", train=spec.train, seed=seed, augment_seed=seed)
+        metrics = run_distillation(run, on_epoch=on_epoch, save_dir=tmp, snapshots=spec.checkpoints)
+        _finish(tmp, {"name": name, "prepared": "train", "metrics": metrics,
+                      "model": TypeAdapter(ModelSpec).dump_python(spec.model, mode="json")})
 
-    def table(self, epoch: int, snapshot: int | None = None) -> torch.Tensor:
-        view = epoch if self.task.augments else 0
-        if (snapshot, view) not in self._memory:
-            self._memory.clear()  # one table on the device at a time
-            self._memory[(snapshot, view)] = self._load_or_compute(view, snapshot).to(self.device)
-        return self._memory[(snapshot, view)]
-
-    def get(self, epoch: int, idx: torch.Tensor, snapshot: int | None = None) -> torch.Tensor:
-        # non_blocking: a blocking host->device copy synchronises the stream, once per training step
-        return self.table(epoch, snapshot)[idx.to(self.device, non_blocking=True)]
-
-    def _load_or_compute(self, view: int, snapshot: int | None) -> torch.Tensor:
-        name = f"{'final' if snapshot is None else f'ckpt{snapshot}'}-view{view}.pt"
-        path = self.cache / name if self.cache else None
-        if path is not None and path.exists():
-            saved = torch.load(path, weights_only=True)
-            if saved["key"] == self.key and saved["logits"].shape[0] == len(self.task.train):
-                return saved["logits"]
-        folder = self.teacher_dir if snapshot is None else checkpoint_dirs(self.teacher_dir)[snapshot]
-        model = load_model(folder, self.task, self.device)
-        logits = compute_logits(model, self.task, self.device, self.batch_size,
-                                (self.augment_seed, view) if self.task.augments else None)
-        del model  # the teacher leaves the device once its logits exist
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save({"key": self.key, "logits": logits}, tmp)
-            os.replace(tmp, path)  # atomic: concurrent trials never read half a file
-        return logits
+    return folder_once(Path(storage) / "teachers" / f"{name}-{recipe_fingerprint(spec, task, seed)}", _is_ready, train)
 
 
-def save_snapshot(model: nn.Module, spec: ModelSpec, folder: Path, k: int, task: TaskData) -> None:
-    save_model(model, spec, Path(folder) / "checkpoints" / str(k), task)
+def _source_stamps(source: Path) -> dict[str, list[int]]:
+    """Size and mtime of the source's weight files: an imported teacher is redone when they change."""
+    files = [source] if source.is_file() else [f for f in sorted(source.glob("*")) if f.suffix in STATE_DICT_SUFFIXES]
+    return {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files}
+
+
+def import_teacher(name: str, spec: TeacherSpec, task: TaskSpec, storage: Path) -> Path:
+    """`prepare: load`: a trained model from outside, as a prepared teacher folder under the storage.
+
+    Accepted: a folder saved by akd-ray (used in place when it is a prepared teacher), a folder
+    saved by transformers' `save_pretrained` (a fine-tuned AutoModelForSequenceClassification, with
+    its tokenizer), a hub id (`kind: hf` without `path`), or a state dict of `spec.model` (a
+    `.safetensors`/`.pt` file, or a folder holding one), e.g. a ResNet's `model.state_dict()`.
+    The source is never written to; its files' size and mtime are recorded, and a change re-imports it.
+    """
+    source_text = str(spec.path) if spec.path is not None else spec.model.path
+    source = Path(source_text).expanduser()
+    if source.is_dir() and _is_ready(source) and (source / SPEC_FILE).exists():
+        return source  # prepared by akd-ray already; teacher_info rechecks its fingerprints
+    local = source.exists()
+    stamps = _source_stamps(source) if local else {}
+    folder = Path(storage) / "teachers" / f"{name}-load-{hashlib.sha256(source_text.encode()).hexdigest()[:12]}"
+
+    def ready(f: Path) -> bool:
+        return _is_ready(f) and json.loads((f / TEACHER_FILE).read_text()).get("source_stamps") == stamps
+
+    def build(tmp: Path) -> None:
+        if local and (source / SPEC_FILE).exists():  # an akd-ray model folder, not yet a teacher
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
+            shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
+        elif spec.model.kind in HF_KINDS:
+            _import_hf(source_text, tmp, task)
+        else:
+            _import_state_dict(source, spec.model, task, tmp)
+        _finish(tmp, {"name": name, "prepared": "load", "source": source_text, "source_stamps": stamps,
+                      "model": json.loads((tmp / SPEC_FILE).read_text())["spec"]})
+
+    return folder_once(folder, ready, build)
+
+
+def _import_hf(source: str, tmp: Path, task: TaskSpec) -> None:
+    """A transformers sequence classifier (a `save_pretrained` folder or a hub id) as an akd-ray `hf` model."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").exists():
+            raise FileNotFoundError(f"{folder}: neither an akd-ray model (model.json) nor a transformers "
+                                    "save_pretrained folder (config.json)")
+        if not any(folder.glob("*.safetensors")):
+            raise ValueError(f"{folder}: no .safetensors weights; akd-ray loads transformers models through "
+                             "safetensors only (save_pretrained writes them by default)")
+        if task.is_glue and not any((folder / f).exists() for f in TOKENIZER_FILES):
+            raise FileNotFoundError(f"{folder}: no tokenizer; a GLUE teacher reads its own tokens -- save it "
+                                    "beside the model with tokenizer.save_pretrained(folder)")
+        for f in folder.iterdir():  # weights, config and tokenizer, as they are: nothing is re-encoded
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+    else:  # a hub id
+        AutoModelForSequenceClassification.from_pretrained(source).save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
+    (tmp / SPEC_FILE).write_text(json.dumps({"spec": {"kind": "hf", "path": str(tmp)}}, indent=2))
+
+
+def _import_state_dict(source: Path, spec: ModelSpec, task_spec: TaskSpec, tmp: Path) -> None:
+    """A state dict of `spec` (strictly matching its architecture) as an akd-ray model folder."""
+    if source.is_dir():
+        files = [f for f in sorted(source.iterdir()) if f.suffix in STATE_DICT_SUFFIXES]
+        if len(files) != 1:
+            raise FileNotFoundError(f"{source}: expected one state-dict file ({', '.join(STATE_DICT_SUFFIXES)}), "
+                                    f"found {[f.name for f in files]}")
+        source = files[0]
+    if source.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state = load_file(str(source))
+    else:  # weights_only: a pickle that runs code is refused
+        state = torch.load(source, weights_only=True, map_location="cpu")
+        state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DDP
+    task = load_task(task_spec)
+    model = build_model(spec, task)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{source}: not a state dict of {spec.model_dump()}: {e}") from None
+    save_model(model, spec, tmp, task)
+
+
+# ---------------------------------------------------------------------------------------- assistants
+def assistant_folder(storage: Path, assistant: ModelSpec, task: TaskSpec, recipe: TrainSpec, teacher_dir: Path,
+                     seed: int) -> Path:
+    """Where the study keeps the assistant of `teacher_dir`: its fingerprint is the assistant's model,
+    the task, its own recipe, the teacher's weights and the seed -- never a trial's searched values."""
+    fp = recipe_fingerprint(assistant, task, recipe, teacher_info(teacher_dir)["fingerprint"], seed)
+    return Path(storage) / "assistants" / fp
+
+
+def prepare_assistant(assistant: ModelSpec, task: TaskSpec, recipe: TrainSpec, teacher_dir: Path, storage: Path,
+                      seed: int = 0, on_epoch: EpochCallback | None = None) -> Path:
+    """TAKD's first link, once per study and teacher: the assistant KD-trained from the teacher."""
+    def train(tmp: Path) -> None:
+        run = RunConfig(study="assistant", task=task, teacher_dir=teacher_dir, student="assistant",
+                        student_model=assistant, method="kd", train=recipe, seed=seed, augment_seed=seed,
+                        cache_dir=Path(storage) / "cache")
+        metrics = run_distillation(run, on_epoch=on_epoch, save_dir=tmp)
+        _finish(tmp, {"name": "assistant", "prepared": "train", "teacher": str(teacher_dir), "metrics": metrics,
+                      "model": TypeAdapter(ModelSpec).dump_python(assistant, mode="json")})
+
+    return folder_once(assistant_folder(storage, assistant, task, recipe, teacher_dir, seed), _is_ready, train)

@@ -47,7 +47,7 @@ from akd_ray.models import build_model, load_model, save_model  # noqa: E402
 from akd_ray.tasks import load_task  # noqa: E402
 from akd_ray.tasks.base import Split, TaskData  # noqa: E402
 from akd_ray.tasks.cifar import STATS, CifarInputs  # noqa: E402
-from akd_ray.teacher import TEACHER_FILE, weights_fingerprint  # noqa: E402
+from akd_ray.logits import TEACHER_FILE, weights_fingerprint  # noqa: E402
 
 # every default of a size in one place; the command line overrides any of them.
 # eval_batch: evaluation and teacher-logit batches, both loops. On a CPU a ResNet forward is about 2x

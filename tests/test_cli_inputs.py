@@ -206,11 +206,14 @@ CASES: dict[str, Case] = {
     "data_dir is a file": study(at("task", "data_dir", value="space.yaml"), "task.data_dir: {space} is a file"),
     "loaded teacher missing": study(both(at("teachers", "big", "prepare", value="load"),
                                          at("teachers", "big", "path", value="trained")),
-                                    "teachers.big.path: no such folder {tmp}/trained"),
+                                    "teachers.big.path: no such file or folder {tmp}/trained"),
     "loaded teacher holds no model": study(both(at("teachers", "big", "prepare", value="load"),
                                                 at("teachers", "big", "path", value="trained")),
                                            "teachers.big.path: {tmp}/trained holds no trained model",
                                            prepare=lambda tmp: (tmp / "trained").mkdir()),
+    "loaded teacher is a text file": study(both(at("teachers", "big", "prepare", value="load"),
+                                                at("teachers", "big", "path", value="space.yaml")),
+                                           "teachers.big.path: {space} holds no trained model"),
     "storage is a file": study(at("storage", value="space.yaml"), "storage: {space} is a file"),
     "storage under a file": study(at("storage", value="space.yaml/results"), "storage: {space} is a file"),
     # -- the search space
@@ -316,6 +319,12 @@ def test_bad_input_is_refused_in_a_few_lines_before_anything_starts(tmp_path, co
 
 def test_there_are_at_least_fifty_distinct_bad_inputs():
     assert len(CASES) >= 50
+
+
+def test_preflight_accepts_what_the_teacher_import_reads():
+    from akd_ray import preflight, teacher
+
+    assert preflight.STATE_DICT_SUFFIXES == teacher.STATE_DICT_SUFFIXES
 
 
 def test_a_hub_id_is_refused_in_seconds_when_the_hub_is_unreachable(tmp_path):

@@ -78,7 +78,7 @@ def test_quickstart_resolved():
     assert study.search.methods == ("scratch", "kd", "annealing")
     assert study.search.space == REPO / "search_spaces" / "quickstart.yaml"  # relative to the study file
     assert study.teachers["mlp-256x2"].train.lr == 3.0e-3
-    assert study.train.epochs == 30 and study.train.batch_size == 64
+    assert study.train.epochs == 30 and study.train.batch_size == 64 and study.search.confirm_seeds == 3
     assert study.train.tau_max == 7.0 and study.train.schedule == "step"  # defaults from the schema
 
 
@@ -178,7 +178,7 @@ BAD_STUDIES = [
     ("prokd with a loaded teacher", prokd_with_loaded_teacher, "search.trials", "'prokd', which needs teachers "
      "with prepare: train"),
     ("load without a path", teacher_load(None), "teachers.big", "prepare: load needs `path`"),
-    ("teacher path missing", teacher_load("./trained/big"), "teachers.big.path", "no such folder"),
+    ("teacher path missing", teacher_load("./trained/big"), "teachers.big.path", "no such file or folder"),
     ("local hf teacher missing", local_hf_teacher_missing, "teachers.bert.model.path", "no such folder"),
     ("missing space file", set_in("search", "space", value="spaces/none.yaml"), "search.space", "no such file"),
     ("missing data_dir", set_in("task", "data_dir", value="data/digits"), "task.data_dir", "no such folder"),

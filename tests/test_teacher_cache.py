@@ -15,13 +15,13 @@ import weakref
 import pytest
 import torch
 
-from akd_ray import teacher as teachers
+from akd_ray import logits as teachers
 from akd_ray.config import ResNet, TaskSpec
 from akd_ray.engine import epoch_order
 from akd_ray.models import build_model, logits_of, save_model
 from akd_ray.tasks import load_task
 from akd_ray.tasks.base import Augment
-from akd_ray.teacher import TEACHER_FILE, TeacherLogits, weights_fingerprint
+from akd_ray.logits import TEACHER_FILE, TeacherLogits, weights_fingerprint
 
 CPU = torch.device("cpu")
 AUGMENT_SEED = 7
@@ -88,7 +88,7 @@ def test_a_new_instance_reads_the_cache_from_disk(task, teacher_dir, tmp_path, m
     first = TeacherLogits(teacher_dir, task, CPU, AUGMENT_SEED, tmp_path, batch_size=CACHE_BATCH)
     tables = {epoch: first.table(epoch).clone() for epoch in (0, 1)}
     files = sorted((tmp_path / "teacher-logits").rglob("*.pt"))
-    assert [f.name for f in files] == ["final-view0.pt", "final-view1.pt"]
+    assert [f.name for f in files] == ["view0.pt", "view1.pt"]
     stamps = [f.stat().st_mtime_ns for f in files]
 
     def no_teacher(*args, **kwargs):

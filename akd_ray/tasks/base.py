@@ -21,15 +21,20 @@ Inputs = dict[str, torch.Tensor]
 class Split:
     features: dict[str, torch.Tensor]  # each (N, ...); on the CPU as loaded, see TaskData.to
     labels: torch.Tensor  # (N,) int64 class ids, or float32 targets for regression
+    # (N,) tokens per row where rows vary in length (text): batches are then drawn from rows of
+    # similar length, so little of a batch is padding; None where every row costs the same
+    lengths: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def to(self, device: torch.device | str) -> "Split":
-        return Split({k: v.to(device) for k, v in self.features.items()}, self.labels.to(device))
+        return Split({k: v.to(device) for k, v in self.features.items()}, self.labels.to(device),
+                     None if self.lengths is None else self.lengths.to(device))
 
     def subset(self, idx: torch.Tensor) -> "Split":
-        return Split({k: v[idx] for k, v in self.features.items()}, self.labels[idx])
+        return Split({k: v[idx] for k, v in self.features.items()}, self.labels[idx],
+                     None if self.lengths is None else self.lengths[idx])
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,9 @@ class TaskData:
     extra_tests: dict[str, Split] = field(default_factory=dict)  # e.g. MNLI mismatched
     augments: bool = False  # whether training batches differ per epoch (teacher logits per epoch)
     info: dict[str, str] = field(default_factory=dict)  # e.g. tokenizer path, label names
+    # identity of the examples whatever their encoding (GLUE: the data and which rows, not the
+    # tokenizer); None: the training split's bytes, see `fingerprint`
+    examples: str | None = None
 
     @property
     def is_regression(self) -> bool:
@@ -69,7 +77,13 @@ class TaskData:
         return self.to_inputs(feats, augment), split.labels[idx].to(device, non_blocking=True)
 
     def fingerprint(self) -> str:
-        """Hash of the training data as the teacher sees it: keys caches so stale logits never match."""
+        """Hash of the training examples: keys the logit caches, so stale logits never match.
+
+        Tokenized text hashes its source instead of its token ids (`examples`): a teacher's logits
+        on an example do not depend on how the student encodes it.
+        """
+        if self.examples is not None:
+            return self.examples
         h = hashlib.sha256(self.name.encode())
         for k in sorted(self.train.features):
             h.update(k.encode())

@@ -4,9 +4,13 @@ Splits: GLUE's test labels are hidden, so the GLUE dev set is the reported `test
 dev; mismatched dev goes to `extra_tests["mismatched"]`). `val` is held out of the GLUE train set,
 so model selection never sees the reported set.
 
-Text is tokenized once with the models' tokenizer, padded to the longest row of each split and kept
-as int32 (half the memory of int64; MNLI train is 393k rows). `to_inputs` trims every batch to its
-own longest row (dynamic padding) and widens to int64 for the embedding lookups.
+Text is tokenized with the tokenizer of the model that reads it, padded to the longest row of each
+split and kept as int32 (half the memory of int64; MNLI train is 393k rows). `to_inputs` trims every
+batch to its own longest row (dynamic padding) and widens to int64 for the embedding lookups. Each
+split knows its rows' lengths, so the worker draws training batches from length buckets and
+evaluates shortest first. With a cache folder (the study's), the tokenized splits are computed once
+per study and tokenizer -- keyed by (tokenizer files, max length, data bytes, which rows) -- and
+every later trial and rank reads them.
 
 Label ids follow the hub's `nyu-mll/glue` ClassLabels for both sources, so a model trained on one
 source reads the other: e.g. MNLI 0/1/2 = entailment/neutral/contradiction, and label 1 is the
@@ -16,6 +20,7 @@ positive class whose F1 GLUE reports for MRPC (equivalent) and QQP (duplicate).
 from __future__ import annotations
 
 import csv
+import hashlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from akd_ray.cache import tensors_once
 from akd_ray.config import TaskSpec
 from akd_ray.tasks.base import Augment, Inputs, Split, TaskData, split_off, take
 from akd_ray.tasks.metrics import primary_metric
@@ -33,6 +39,10 @@ HUB_DATASET = "nyu-mll/glue"
 SPLIT_SEED = 0
 # Rows tokenized per call: bounds the int64 arrays the tokenizer returns before they shrink to int32.
 TOKENIZE_CHUNK = 16_384
+# Files that define a tokenizer: their bytes key the tokenized-split cache.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
+CACHE_VERSION = "1"  # bump when the cached layout or the tokenizing changes
 
 
 @dataclass(frozen=True)
@@ -203,7 +213,38 @@ def to_inputs(feats: dict[str, torch.Tensor], augment: Augment | None) -> Inputs
 
 
 # ---------------------------------------------------------------------------------------- the task
-def load_glue_task(spec: TaskSpec, tokenizer_path: str) -> TaskData:
+def _hash(*parts: object) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else repr(p).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _data_files(data_dir: Path, task: str) -> list[Path]:
+    folder = Path(data_dir) / GLUE_FORMATS[task].folder
+    files = [folder / "train.tsv", folder / "val.tsv"] + [folder / f for f, _ in GLUE_FORMATS[task].evals.values()]
+    return [f for f in files if f.is_file()]
+
+
+def _tokenizer_key(tokenizer_path: str) -> str:
+    """The tokenizer's files (a local folder) or its hub id: what decides the token ids."""
+    folder = Path(tokenizer_path)
+    if not folder.is_dir():
+        return _hash("hub", tokenizer_path)
+    return _hash(*[(name, (folder / name).read_bytes()) for name in TOKENIZER_FILES if (folder / name).is_file()])
+
+
+def examples_key(spec: TaskSpec) -> str:
+    """Which examples a task holds, however they are encoded: the data's bytes and the row choices."""
+    task = spec.name.removeprefix("glue/")
+    data = (_hash(*[(f.name, f.read_bytes()) for f in _data_files(spec.data_dir, task)])
+            if spec.data_dir is not None else _hash("hub", HUB_DATASET, task))
+    return _hash(spec.name, data, spec.val_fraction, spec.max_train_samples, spec.max_eval_samples,
+                 spec.max_seq_length, SPLIT_SEED)
+
+
+def load_glue_task(spec: TaskSpec, tokenizer_path: str, cache_dir: Path | None = None) -> TaskData:
     """GLUE task `spec.name` ("glue/sst2", ...) tokenized with the tokenizer at `tokenizer_path`.
 
     Source: `spec.data_dir` (official GLUE TSV layout) or, when it is None, the hub.
@@ -211,11 +252,41 @@ def load_glue_task(spec: TaskSpec, tokenizer_path: str) -> TaskData:
     subsets what remains for training, so `val` is the same rows whatever the training budget.
     `max_eval_samples` subsets each reported split (test, and MNLI's mismatched).
     """
-    from transformers import AutoTokenizer
-
     task = spec.name.removeprefix("glue/")
     if task not in GLUE_FORMATS:
         raise ValueError(f"{spec.name!r} is not a GLUE task (valid: {', '.join(GLUE_FORMATS)})")
+    fmt = GLUE_FORMATS[task]
+    examples = examples_key(spec)
+    key = _hash(CACHE_VERSION, examples, _tokenizer_key(tokenizer_path))
+
+    def build() -> dict:
+        return {"key": key, "splits": _tokenized_splits(spec, tokenizer_path)}
+
+    if cache_dir is not None:
+        saved = tensors_once(Path(cache_dir) / "glue" / f"{task}-{key}.pt", build, valid=lambda s: s.get("key") == key)
+    else:
+        saved = build()
+    splits = {name: Split(s["features"], s["labels"], s["features"]["attention_mask"].sum(1))
+              for name, s in saved["splits"].items()}
+    return TaskData(
+        name=spec.name,
+        num_labels=1 if fmt.classes is None else len(fmt.classes),
+        metric=primary_metric(spec.name),
+        train=splits["train"],
+        val=splits["val"],
+        test=splits["test"],
+        to_inputs=to_inputs,
+        extra_tests={name: split for name, split in splits.items() if name not in ("train", "val", "test")},
+        info={"tokenizer": tokenizer_path},
+        examples=examples,
+    )
+
+
+def _tokenized_splits(spec: TaskSpec, tokenizer_path: str) -> dict[str, dict]:
+    """Read the data, choose the rows, tokenize them: {split: {"features": ..., "labels": ...}}."""
+    from transformers import AutoTokenizer
+
+    task = spec.name.removeprefix("glue/")
     fmt = GLUE_FORMATS[task]
     raw = read_glue_dir(spec.data_dir, task) if spec.data_dir is not None else read_glue_hub(task)
 
@@ -227,20 +298,13 @@ def load_glue_task(spec: TaskSpec, tokenizer_path: str) -> TaskData:
     def rows_of(split: RawSplit) -> Split:  # row numbers, so the helpers below pick rows before tokenizing
         return Split({"row": torch.arange(len(split))}, split.labels)
 
-    def tokenized(name: str, chosen: Split) -> Split:
-        return Split(_tokenize(tokenizer, raw[name], chosen.features["row"], spec.max_seq_length), chosen.labels)
+    def tokenized(name: str, chosen: Split) -> dict:
+        return {"features": _tokenize(tokenizer, raw[name], chosen.features["row"], spec.max_seq_length),
+                "labels": chosen.labels}
 
     train, val = split_off(rows_of(raw["train"]), spec.val_fraction, seed=SPLIT_SEED)
     train = take(train, spec.max_train_samples, seed=SPLIT_SEED)
     evals = {name: take(rows_of(raw[name]), spec.max_eval_samples, seed=SPLIT_SEED) for name in fmt.evals}
-    return TaskData(
-        name=spec.name,
-        num_labels=1 if fmt.classes is None else len(fmt.classes),
-        metric=primary_metric(spec.name),
-        train=tokenized("train", train),
-        val=tokenized("train", take(val, spec.max_eval_samples, seed=SPLIT_SEED)),
-        test=tokenized("test", evals["test"]),
-        to_inputs=to_inputs,
-        extra_tests={name: tokenized(name, rows) for name, rows in evals.items() if name != "test"},
-        info={"tokenizer": tokenizer_path},
-    )
+    return {"train": tokenized("train", train),
+            "val": tokenized("train", take(val, spec.max_eval_samples, seed=SPLIT_SEED)),
+            **{name: tokenized(name, rows) for name, rows in evals.items()}}

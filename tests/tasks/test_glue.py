@@ -261,3 +261,35 @@ def test_tokenizing_in_chunks_changes_nothing(monkeypatch, fake_glue, tokenizer_
     chunked = load_glue_task(spec, tokenizer_path)
     for k, v in whole.train.features.items():
         assert torch.equal(v, chunked.train.features[k])
+
+
+# ---------------------------------------------------------------------------------------- the study's cache
+def test_tokenized_splits_are_cached_per_tokenizer_and_data(tmp_path, tokenizer_path, monkeypatch):
+    import akd_ray.tasks.glue as glue
+
+    _fake_glue(tmp_path / "data")
+    spec = TaskSpec(name="glue/sst2", data_dir=tmp_path / "data", max_seq_length=32)
+    fresh = load_glue_task(spec, tokenizer_path)
+    first = load_glue_task(spec, tokenizer_path, tmp_path / "cache")
+    assert len(list((tmp_path / "cache" / "glue").glob("sst2-*.pt"))) == 1
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("tokenized again although the study's cache holds this split")
+
+    monkeypatch.setattr(glue, "_tokenized_splits", no_tokenizing)
+    cached = load_glue_task(spec, tokenizer_path, tmp_path / "cache")
+    for a, b, c in ((fresh.train, first.train, cached.train), (fresh.test, first.test, cached.test)):
+        assert all(torch.equal(a.features[k], c.features[k]) and torch.equal(b.features[k], c.features[k])
+                   for k in a.features)
+        assert torch.equal(a.labels, c.labels) and torch.equal(a.lengths, c.lengths)
+        assert torch.equal(c.lengths, c.features["attention_mask"].sum(1))
+    assert cached.fingerprint() == fresh.fingerprint()
+
+    # other data bytes or another max length: another key, so tokenizing is needed again
+    monkeypatch.undo()
+    with (tmp_path / "data" / "SST-2" / "train.tsv").open("a") as f:
+        f.write("one more row\t1\n")
+    changed = load_glue_task(spec, tokenizer_path, tmp_path / "cache")
+    assert len(changed.train) + len(changed.val) == 31 and changed.fingerprint() != fresh.fingerprint()
+    load_glue_task(spec.model_copy(update={"max_seq_length": 16}), tokenizer_path, tmp_path / "cache")
+    assert len(list((tmp_path / "cache" / "glue").glob("sst2-*.pt"))) == 3
