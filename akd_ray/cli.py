@@ -1,4 +1,9 @@
-"""`akd-ray`: thin commands over library calls. All user-facing output goes through `say`."""
+"""`akd-ray`: thin commands over library calls. All user-facing output goes through `say`
+(the live view of a running study is akd_ray.progress).
+
+Exit codes: 0 done; 1 a trial or the study failed; 2 bad input (a study, its data or models, a
+`--set`, the command line) -- one short message, no traceback; 130/143 interrupted (Ctrl-C/SIGTERM).
+"""
 
 from __future__ import annotations
 
@@ -10,66 +15,119 @@ from typing import Annotated, Optional
 
 import typer
 
+try:  # typer >= 0.20 carries its own click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_errors
+
 from akd_ray.config import ConfigError, Study, load_study
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Annealing Knowledge Distillation studies on Ray Tune + Optuna, tracked in MLflow.")
+EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 
-StudyArg = Annotated[Path, typer.Argument(help="a study file, e.g. studies/quickstart.yaml")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a study field: KEY.PATH=VALUE")]
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Annealing Knowledge Distillation studies on Ray Tune + Optuna, tracked in MLflow.\n\n"
+         "Exit codes: 0 done, 1 a trial or the study failed, 2 bad input, 130/143 interrupted.")
+
+StudyArg = Annotated[Path, typer.Argument(help="A study file, e.g. studies/quickstart.yaml. Relative paths in it "
+                                               "(search.space, task.data_dir, storage, ...) are relative to it.",
+                                          metavar="STUDY", show_default=False)]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", metavar="KEY.PATH=VALUE", show_default=False,
+    help="Override a study field, e.g. --set train.epochs=5. Repeat it for several fields. The value is read as "
+         "YAML: 5, 0.1, true, null, [8, 8], {kd: 2}.")]
+AddressOpt = Annotated[Optional[str], typer.Option(
+    help="Ray cluster address (e.g. ray://head:10001 or auto); default $RAY_ADDRESS, else a local Ray on this "
+         "machine.", metavar="ADDRESS", show_default=False)]
 
 
 def say(text: str = "", err: bool = False) -> None:
     typer.echo(text, err=err)
 
 
+def _bad_input(message: str) -> typer.Exit:
+    say(f"error: {message}", err=True)
+    return typer.Exit(EXIT_BAD_INPUT)
+
+
 def _load(path: Path, overrides: list[str] | None) -> Study:
     try:
         return load_study(path, overrides or [])
     except ConfigError as e:
-        say(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        raise _bad_input(str(e)) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+        say(f"akd-ray {version('akd-ray')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                       help="Print the version and exit.")] = False) -> None:
+    """Annealing Knowledge Distillation studies on Ray Tune + Optuna, tracked in MLflow."""
 
 
 @app.command()
-def validate(study: StudyArg, set: SetOpt = None) -> None:
-    """Check a study file and its search space; start nothing."""
-    from akd_ray.study import budgets, validate as check
+def validate(study: StudyArg, set: SetOpt = None, address: Annotated[Optional[str], typer.Option(
+        help="The Ray cluster `tune` will use (default $RAY_ADDRESS): one trial is then not checked against "
+             "this machine; `tune` checks it on the cluster once connected.", metavar="ADDRESS",
+        show_default=False)] = None) -> None:
+    """Check a study and everything it points to, without training; print the plan.
+
+    Checks the study file and search space, the data (GLUE columns and labels, ImageFolder classes and
+    images), every model (local folder, or a hub id in the cache or on the hub), that the storage can be
+    written, the MLflow URI, and that one trial fits this machine. Starts nothing, writes nothing.
+    """
+    from akd_ray.preflight import check
 
     s = _load(study, set)
     try:
-        space = check(s)
+        plan = check(s, address)
     except ConfigError as e:
-        say(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    budget = budgets(s, space)
-    say(f"{study}: valid -- task {s.task.name}, {len(s.pairs)} pair(s), methods "
-        f"{', '.join(f'{m} x{n}' for m, n in budget.items())}, {len(space.params)} searched parameter(s)")
-    for m, n in s.search.trials.items():
-        if budget[m] != n:
-            say(f"  {m}: the search space has no parameter for it, so it runs once per pair (trials: {n} -> 1)")
+        raise _bad_input(str(e)) from None
+    say(f"{study}: valid")
+    for line in plan.lines():
+        say(f"  {line}")
 
 
 @app.command()
-def tune(study: StudyArg, address: Annotated[Optional[str], typer.Option(help="Ray cluster address; "
-         "default RAY_ADDRESS, else a local Ray")] = None, set: SetOpt = None) -> None:
-    """Run (or resume) a study on Ray: teachers, per-pair search, confirmation, MLflow, report.
+def tune(study: StudyArg, set: SetOpt = None, address: AddressOpt = None,
+         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray Tune's own status tables on "
+                                               "the terminal, as Tune prints them, instead of the live view "
+                                               "(without it they go to <storage>/<name>/tune.log).")] = False) -> None:
+    """Run a study on Ray: teachers, per-pair search, confirmation over seeds, MLflow, report.
 
-    Ctrl-C (or SIGTERM) stops the running trials at their last checkpoint and exits 130 (143); run
-    the same command again to resume. A second Ctrl-C stops at once.
+    Runs the same checks as `validate` first. Results go to <storage>/<name>/ (storage is relative to the
+    study file): report/, tune/, teachers/, the MLflow store, tune.log and status.json. Running it again
+    resumes the study: finished trials are not run again. `akd-ray status STUDY` shows progress from
+    another shell.
+
+    Ctrl-C (or SIGTERM) stops the running trials at their last checkpoint and exits 130 (143); run the
+    same command again to resume. A second Ctrl-C stops at once.
     """
+    from akd_ray.preflight import check
+
+    s = _load(study, set)
+    try:
+        plan = check(s, address)
+    except ConfigError as e:
+        raise _bad_input(str(e)) from None
     from akd_ray.study import StudyStopped, run_study
     from akd_ray.tracking import TrackingError
 
-    s = _load(study, set)
+    say(f"{study}: {plan.search_trials} search trials + up to {plan.confirm_runs} confirmation runs; "
+        f"results in {Path(s.storage) / s.name}")
     try:
-        result = run_study(s, address=address, say=say)
+        result = run_study(s, address=address, say=say, plan=plan, verbose=verbose)
     except (ConfigError, TrackingError) as e:
-        say(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        raise _bad_input(str(e)) from None
     except StudyStopped as e:
         say(f"stopped: {e}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_FAILED) from None
     except KeyboardInterrupt as e:
         where = getattr(e, "where", "the study")
         again = shlex.join(["akd-ray", *sys.argv[1:]]) if sys.argv[1:2] == ["tune"] else f"akd-ray tune {study}"
@@ -86,6 +144,24 @@ def tune(study: StudyArg, address: Annotated[Optional[str], typer.Option(help="R
                 f"{r['error'].strip().splitlines()[-1]}")
     say(f"report:  {result.layout.report / 'pairs.md'}")
     say(f"results: {result.layout.root}\nMLflow:  {result.tracking_uri}  (browse: akd-ray ui {study})")
+    if failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def status(study: StudyArg, set: SetOpt = None) -> None:
+    """How far a study is, from its storage alone: phase, trials per pair and method by state, best
+    validation so far, failures with their reason. Works while `tune` runs (from another shell) or after."""
+    from akd_ray.progress import read_status, status_lines
+
+    s = _load(study, set)
+    root = Path(s.storage) / s.name
+    found = read_status(root)
+    if found is None:
+        say(f"{study}: no run yet under {root} (start it with `akd-ray tune {study}`)")
+        return
+    for line in status_lines(found):
+        say(line)
 
 
 @app.command()
@@ -113,17 +189,17 @@ def report(study: StudyArg, set: SetOpt = None) -> None:
     try:
         rows, teachers = load_rows(folder)
     except FileNotFoundError as e:
-        say(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        raise _bad_input(str(e)) from None
     files = write_report(s, rows, folder, teachers)
     say((folder / "summary.txt").read_text())
     say("written: " + ", ".join(str(f) for f in files))
 
 
 @app.command()
-def ui(study: StudyArg, port: int = 5000, set: SetOpt = None) -> None:
+def ui(study: StudyArg, port: Annotated[int, typer.Option(help="Port of the UI on 127.0.0.1.")] = 5000,
+       set: SetOpt = None) -> None:
     """Open the study's MLflow store in the MLflow UI (on 127.0.0.1)."""
-    from akd_ray.tracking import tracking_uri
+    from akd_ray.config import tracking_uri
 
     s = _load(study, set)
     uri = tracking_uri(s)
@@ -135,5 +211,22 @@ def ui(study: StudyArg, port: int = 5000, set: SetOpt = None) -> None:
                                "--host", "127.0.0.1", "--port", str(port)])
 
 
+def main() -> None:
+    """The `akd-ray` command: a usage error is one line (and exit 2), never a box or a traceback."""
+    try:
+        code = app(standalone_mode=False)  # a command's typer.Exit comes back as its exit code
+    except click_errors.NoArgsIsHelpError as e:
+        say(e.ctx.get_help())
+        code = 0
+    except typer.Abort:  # Ctrl-C while click itself had control
+        say("interrupted", err=True)
+        code = 130
+    except click_errors.ClickException as e:
+        ctx = getattr(e, "ctx", None)
+        say(f"error: {e.format_message()}" + (f" (see: {ctx.command_path} -h)" if ctx is not None else ""), err=True)
+        code = e.exit_code
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -7,9 +7,16 @@ or MLflow start. YAML is plain data: no tags, no code.
 
 from __future__ import annotations
 
+import codecs
+import difflib
 import os
+import re
+import shlex
+from collections.abc import Hashable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
@@ -191,6 +198,11 @@ class MlflowSpec(Frozen):
     experiment: str | None = Field(None, description="None: the study name")
     register_best: bool = True
 
+    @field_validator("tracking_uri")
+    @classmethod
+    def _known_scheme(cls, v: str | None) -> str | None:
+        return v if v is None else check_tracking_uri(v)
+
 
 # the student fields a search space may name per model kind (`student.<field>` in search_spaces/*.yaml)
 FAMILY_FIELDS = {"mlp": ("hidden",), "cnn": ("channels",), "resnet": ("depth", "width"),
@@ -238,7 +250,8 @@ class Study(Frozen):
     train: TrainSpec = TrainSpec()
     search: SearchSpec
     resources: Resources = Resources()
-    storage: Path = Field(Path("akd-results"), description="Tune results, teachers, caches; relative to cwd")
+    storage: Path = Field(Path("akd-results"), description="Tune results, teachers, caches, the default MLflow "
+                                                           "store; relative to the study file")
     mlflow: MlflowSpec = MlflowSpec()
     seed: int = 0
     source: Path | None = Field(None, description="set by load_study: the file this came from")
@@ -325,111 +338,352 @@ class RunConfig(Frozen):
 
 
 # ---------------------------------------------------------------------------------------- loading
-def format_errors(source: str, err: ValidationError) -> str:
-    lines = [f"{source}: {err.error_count()} invalid field(s)"]
-    for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif e["type"] == "literal_error" and "expected" in e.get("ctx", {}):
-            msg = f"got {e['input']!r}; valid: {e['ctx']['expected']}"
-        lines.append(f"  {field}: {msg}")
-    return "\n".join(lines)
+MAX_FILE_BYTES = 1_000_000  # a study or a search space is a page of YAML: a bigger file is the wrong file
+# MLflow's tracking URI schemes (a scheme may carry a driver: postgresql+psycopg2); no scheme: a local path
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks",
+                    "databricks-uc", "uc")
+MODEL_KINDS = ("mlp", "cnn", "resnet", *HF_KINDS)
+STUDY_NAME_RULE = "letters, digits, '_', '.' and '-', starting with a letter or a digit"
+Loc = tuple  # a field's path as the user wrote it: keys and list positions
+
+
+def check_tracking_uri(uri: str) -> str:
+    """Refuse an MLflow URI whose scheme MLflow does not know (`htp://host`) before anything starts."""
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", uri)
+    if m and m.group(1).split("+")[0].lower() not in TRACKING_SCHEMES:
+        raise ValueError(f"unknown scheme {m.group(1)!r} in {uri!r}; valid: {', '.join(TRACKING_SCHEMES)}")
+    return uri
+
+
+def tracking_uri(study: Study) -> str:
+    """The study's MLflow: `mlflow.tracking_uri`, else $MLFLOW_TRACKING_URI (what a cluster sets on
+    every node), else a SQLite store under `<storage>/<name>/`."""
+    if study.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+        return study.mlflow.tracking_uri or os.environ["MLFLOW_TRACKING_URI"]
+    # MLflow 3 deprecates the file store; SQLite keeps runs, metrics and the model registry offline
+    return f"sqlite:///{Path(study.storage).expanduser().resolve() / study.name / 'mlflow.db'}"
+
+
+@dataclass(frozen=True)
+class Override:
+    """One `--set KEY.PATH=VALUE`, as typed and as parsed (the value read as YAML)."""
+    item: str
+    path: tuple[str, ...]
+    value: Any
+
+    def __str__(self) -> str:
+        return f"--set {shlex.quote(self.item)}"
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
     """`a.b.c=value` -> (['a', 'b', 'c'], value), the value read as YAML (numbers, lists, null)."""
+    o = _override(item)
+    return list(o.path), o.value
+
+
+def _override(item: str) -> Override:
+    where = f"--set {shlex.quote(item)}"
     if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=5")
+        raise ConfigError(f"{where}: expected KEY=VALUE, e.g. --set train.epochs=5")
     key, raw = item.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    path = tuple(p.strip() for p in key.strip().split("."))
+    if not all(path):
+        raise ConfigError(f"{where}: {key.strip()!r} is not a field path; use dotted names, e.g. --set train.epochs=5")
+    try:
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: the value is not valid YAML ({getattr(e, 'problem', None) or e}); "
+                          f"quote it, e.g. --set '{key}=\"...\"'") from None
+    return Override(item, path, value)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    for item in overrides:
-        path, value = parse_override(item)
-        node = data
-        for part in path[:-1]:
-            if not isinstance(node.get(part, {}), dict):
-                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
+    for o in map(_override, overrides):
+        _apply(data, o)
     return data
+
+
+def _apply(data: dict[str, Any], o: Override) -> None:
+    node = data
+    for i, part in enumerate(o.path[:-1]):
+        if not isinstance(node.get(part, {}), dict):
+            raise ConfigError(f"{o}: {'.'.join(o.path[:i + 1])} is not a section (it holds {node[part]!r})")
+        node = node.setdefault(part, {})
+    node[o.path[-1]] = o.value
+
+
+# -- reading YAML: plain data, every key once, with the line of each key for messages ------------------
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (YAML would silently keep the last)."""
+
+
+def _unique_keys(loader: _Loader, node: yaml.MappingNode) -> dict:
+    first: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, Hashable) and key in first:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}: at line {first[key]} and line {key_node.start_mark.line + 1}",
+                key_node.start_mark)
+        if isinstance(key, Hashable):
+            first[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=True)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys)
+
+
+def _key_lines(node: yaml.Node, prefix: Loc = ()) -> dict[Loc, int]:
+    """The line of every key (and list item) under `node`, by its path."""
+    if isinstance(node, yaml.MappingNode):
+        children = [(k.value, k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)]
+    elif isinstance(node, yaml.SequenceNode):
+        children = [(i, v, v) for i, v in enumerate(node.value)]
+    else:
+        return {}
+    lines: dict[Loc, int] = {}
+    for key, at, child in children:
+        lines[prefix + (key,)] = at.start_mark.line + 1
+        lines.update(_key_lines(child, prefix + (key,)))
+    return lines
+
+
+def _read_text(path: Path, what: str) -> str:
+    """The file's text, or one line saying why it is not a text file we can read."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, expected a {what} (a .yaml file)")
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file")
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a regular file, expected a {what}")
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ConfigError(f"{path}: {size / 1e6:.1f} MB is too large for a {what} (the limit is "
+                              f"{MAX_FILE_BYTES / 1e6:g} MB); is it the right file?")
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it ({e.strerror})") from None
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise ConfigError(f"{path}: UTF-16 text; save the {what} as UTF-8")
+    if b"\0" in raw:
+        line = raw.count(b"\n", 0, raw.index(b"\0")) + 1
+        raise ConfigError(f"{path}:{line}: binary data (a NUL byte), not a YAML {what}")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the {what} "
+                          "as UTF-8") from None
+
+
+def load_yaml(path: Path, what: str = "YAML file") -> tuple[dict[str, Any], dict[Loc, int]]:
+    """A YAML mapping and the line of each key: every problem is one line naming `path` (and the line)."""
+    path = Path(path)
+    loader = _Loader(_read_text(path, what))
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        context = f" ({e.context}, line {e.context_mark.line + 1})" if e.context and e.context_mark else ""
+        raise ConfigError(f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML: {e.problem}{context}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    finally:
+        loader.dispose()
+    if data is None:
+        raise ConfigError(f"{path}: empty; expected a mapping of keys at the top level (key: value)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level (key: value), "
+                          f"got a {type(data).__name__}")
+    return data, _key_lines(node)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
-    return data
+    return load_yaml(path)[0]
+
+
+# -- messages: fields as the user wrote them, each from where it was written --------------------------
+@dataclass(frozen=True)
+class Origins:
+    """Where each field of a study came from: a line of its file, or a `--set` on the command line."""
+    source: str
+    lines: dict[Loc, int] = field(default_factory=dict)
+    overrides: tuple[Override, ...] = ()
+
+    def of(self, loc: Loc) -> str:
+        for o in reversed(self.overrides):  # the last --set of a field wins, as when applied
+            n = min(len(o.path), len(loc))
+            if n and tuple(o.path[:n]) == tuple(loc[:n]):
+                return str(o)
+        for n in range(len(loc), 0, -1):  # the deepest key the file has
+            if loc[:n] in self.lines:
+                return f"{self.source}:{self.lines[loc[:n]]}"
+        return self.source
+
+
+def field_name(loc: Loc) -> str:
+    """('students', 'small', 'hidden', 0) -> 'students.small.hidden[0]'."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _user_loc(loc: tuple, data: Any) -> Loc:
+    """Pydantic's error location without its own parts: a union's tag (the user wrote `kind: mlp`,
+    not a key `mlp`) and `[key]` (an invalid dict key is the key's own field)."""
+    out, node = [], data
+    for part in loc:
+        if part == "[key]":
+            continue
+        if isinstance(node, dict) and isinstance(part, str) and part not in node and node.get("kind") == part:
+            continue
+        out.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return tuple(out)
+
+
+def _keys_at(model: type[BaseModel] | None, loc: Loc, data: Any) -> list[str]:
+    """The keys the mapping at `loc` may hold, by walking `model`'s fields (a union by its `kind`)."""
+    tp: Any = model
+    node = data
+    for part in (*loc, None):
+        while True:  # Annotated[X, ...] -> X; a union -> the member whose `kind` the data names
+            if get_origin(tp) is Annotated:
+                tp = get_args(tp)[0]
+            elif get_origin(tp) in (Union, UnionType):
+                members = [a for a in get_args(tp) if a is not type(None)]
+                kind = node.get("kind") if isinstance(node, dict) else None
+                tp = next((m for m in members if isinstance(m, type) and issubclass(m, BaseModel)
+                           and kind in get_args(m.model_fields.get("kind", Field()).annotation or ())), members[0])
+            else:
+                break
+        if part is None:
+            return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            tp = tp.model_fields[part].annotation if part in tp.model_fields else None
+        elif get_origin(tp) is dict:
+            tp = get_args(tp)[1]
+        elif get_origin(tp) in (tuple, list):
+            tp = get_args(tp)[0]
+        else:
+            return []
+        node = node.get(part) if isinstance(node, dict) else None
+    return []
+
+
+def _message(e: dict, field: str, keys: list[str] = ()) -> str:
+    kind, ctx, value = e["type"], e.get("ctx", {}), e.get("input")
+    if kind == "extra_forbidden":
+        near = difflib.get_close_matches(field.rsplit(".", 1)[-1], keys, n=1, cutoff=0.6)
+        return f"unknown key; did you mean {near[0]!r}?" if near else \
+            f"unknown key; valid: {', '.join(keys)}" if keys else "unknown key"
+    if kind == "missing":
+        return "required, but missing"
+    if kind == "literal_error" and "expected" in ctx:
+        return f"got {value!r}; valid: {ctx['expected']}"
+    if kind == "union_tag_invalid":
+        return f"unknown kind {ctx.get('tag')!r}; valid: {', '.join(MODEL_KINDS)}"
+    if kind == "union_tag_not_found":
+        return f"needs `kind:`, one of {', '.join(MODEL_KINDS)}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"expected a mapping (key: value), got {type(value).__name__} {value!r}"
+    if kind == "string_pattern_mismatch":
+        rule = STUDY_NAME_RULE if field == "name" else f"the pattern {ctx.get('pattern')}"
+        return f"{value!r} is not valid: use {rule}"
+    return e["msg"].removeprefix("Value error, ")
+
+
+def format_errors(source: str | Origins, err: ValidationError, data: Any = None,
+                  model: type[BaseModel] | None = None) -> str:
+    """One line per invalid field: `where: field: what is wrong`, where is `file:line` or `--set k=v`."""
+    origins = source if isinstance(source, Origins) else Origins(str(source))
+    lines = []
+    for e in err.errors():
+        loc = _user_loc(e["loc"], data)
+        name = field_name(loc)
+        keys = [k for k in _keys_at(model, loc[:-1], data) if k != "source"] \
+            if e["type"] == "extra_forbidden" and model else []  # `source` is load_study's, not the user's
+        lines.append(f"{origins.of(loc)}: {name + ': ' if name else ''}{_message(e, name, keys)}")
+    return "\n".join(dict.fromkeys(lines))
 
 
 def load_study(path: str | os.PathLike, overrides: list[str] = ()) -> Study:
     """Parse and validate a study file (and its search space) into a frozen `Study`; start nothing."""
     path = Path(path)
-    data = read_yaml(path)
-    try:
-        data = apply_overrides(data, list(overrides))
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+    data, lines = load_yaml(path, "study file")
+    parsed = tuple(map(_override, overrides))
+    for o in parsed:
+        _apply(data, o)
+    origins = Origins(str(path), lines, parsed)
     data["source"] = str(path.resolve())
     try:
         study = Study.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_errors(str(path), e)) from None
-    return _resolve_paths(study, path)
+        raise ConfigError(format_errors(origins, e, data, Study)) from None
+    return _resolve_paths(study, path, origins)
 
 
-def _resolve_paths(study: Study, path: Path) -> Study:
-    """Paths in a study are relative to the study file; check that the ones that must exist do."""
+def _resolve_paths(study: Study, path: Path, origins: Origins | None = None) -> Study:
+    """Every relative path in a study is relative to the study file (storage too); check that the ones
+    that must exist do, and are what they must be (a file or a folder)."""
     base = path.resolve().parent
+    origins = origins or Origins(str(path))
 
-    def resolve(p: Path) -> Path:
-        p = p.expanduser()
+    def resolve(p: Path | str) -> Path:
+        p = Path(p).expanduser()
         return p if p.is_absolute() else (base / p).resolve()
 
-    space = resolve(study.search.space)
-    if not space.is_file():
-        raise ConfigError(f"{path}: search.space: no such file {space}")
+    def need(loc: Loc, p: Path, folder: bool) -> Path:
+        what = "folder" if folder else "file"
+        if not p.exists():
+            raise ConfigError(f"{origins.of(loc)}: {field_name(loc)}: no such {what} {p}")
+        if p.is_dir() != folder:
+            raise ConfigError(f"{origins.of(loc)}: {field_name(loc)}: {p} is a {'file' if folder else 'folder'}, "
+                              f"expected a {what}")
+        return p
+
+    space = need(("search", "space"), resolve(study.search.space), folder=False)
     task = study.task
     if task.data_dir is not None:
-        data_dir = resolve(task.data_dir)
-        if not data_dir.is_dir():
-            raise ConfigError(f"{path}: task.data_dir: no such folder {data_dir}")
-        task = task.model_copy(update={"data_dir": data_dir})
+        task = task.model_copy(update={"data_dir": need(("task", "data_dir"), resolve(task.data_dir), folder=True)})
+    if not Path(task.download_dir).expanduser().is_absolute():
+        task = task.model_copy(update={"download_dir": resolve(task.download_dir)})
     teachers = {}
     for name, t in study.teachers.items():
-        if t.model.kind == "hf" and _looks_local(t.model.path):
-            local = resolve(Path(t.model.path))
-            if not local.exists():
-                raise ConfigError(f"{path}: teachers.{name}.model.path: no such folder {local}")
+        if t.model.kind == "hf" and _looks_local(t.model.path, base):
+            local = need(("teachers", name, "model", "path"), resolve(t.model.path), folder=True)
             t = t.model_copy(update={"model": t.model.model_copy(update={"path": str(local)})})
-        if t.path is not None:
+        if t.path is not None:  # a folder, or a state-dict file: preflight checks what it holds
             local = resolve(t.path)
             if not local.exists():
-                raise ConfigError(f"{path}: teachers.{name}.path: no such folder {local}")
+                raise ConfigError(f"{origins.of(('teachers', name, 'path'))}: teachers.{name}.path: no such file "
+                                  f"or folder {local}")
             t = t.model_copy(update={"path": local})
         teachers[name] = t
     students = {}
     for name, s in study.students.items():
-        if s.kind == "hf" and _looks_local(s.path):
-            local = resolve(Path(s.path))
-            if not local.exists():
-                raise ConfigError(f"{path}: students.{name}.path: no such folder {local}")
-            s = s.model_copy(update={"path": str(local)})
+        if s.kind == "hf" and _looks_local(s.path, base):
+            s = s.model_copy(update={"path": str(need(("students", name, "path"), resolve(s.path), folder=True))})
         students[name] = s
+    storage = resolve(study.storage)
+    if storage.exists() and not storage.is_dir():
+        raise ConfigError(f"{origins.of(('storage',))}: storage: {storage} is a file, expected a folder")
     return study.model_copy(update={
-        "task": task, "teachers": teachers, "students": students,
+        "task": task, "teachers": teachers, "students": students, "storage": storage,
         "search": study.search.model_copy(update={"space": space}),
     })
 
 
-def _looks_local(p: str) -> bool:
-    """Hub ids look like `org/name`; folders start with ., /, ~ or exist."""
-    return p.startswith((".", "/", "~")) or Path(p).exists()
+def _looks_local(p: str, base: Path | None = None) -> bool:
+    """Hub ids look like `org/name`; folders start with ., /, ~ or exist (beside the study file)."""
+    return p.startswith((".", "/", "~")) or Path(p).exists() or (base is not None and (base / p).exists())

@@ -23,13 +23,15 @@ the family's model kind (config.FAMILY_FIELDS), e.g.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import optuna
 from pydantic import Field, ValidationError, model_validator
 
-from akd_ray.config import (FAMILY_FIELDS, METHODS, ConfigError, FamilySpec, Frozen, Study, TrainSpec,
-                            format_errors, read_yaml)
+from akd_ray.config import (FAMILY_FIELDS, METHODS, ConfigError, FamilySpec, Frozen, Origins, Study, TrainSpec,
+                            format_errors, load_yaml)
+
+if TYPE_CHECKING:  # optuna is needed only when a search runs, not to read a space
+    import optuna
 
 STUDENT = "student."  # search-space names of student-family fields
 
@@ -172,12 +174,12 @@ def check_family(space: Space, family: FamilySpec, study_source: Any = None) -> 
 
 
 def load_space(path: Path) -> Space:
-    data = read_yaml(Path(path))
+    data, lines = load_yaml(Path(path), "search space")
     data["source"] = str(path)
     try:
         return Space.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_errors(str(path), e)) from None
+        raise ConfigError(format_errors(Origins(str(path), lines), e, data, Space)) from None
 
 
 class DefineByRun:

@@ -35,10 +35,11 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from akd_ray import preflight, progress
 from akd_ray.capacity import COST, smallest_within
 from akd_ray.config import ConfigError, RunConfig, Study, TaskSpec, TrainSpec
-from akd_ray.method.schedules import stage_split, step_period
-from akd_ray.space import STUDENT, Space, check_student_fields, define_by_run, load_space, student_values
+from akd_ray.preflight import budgets, check_space
+from akd_ray.space import STUDENT, Space, define_by_run, student_values
 from akd_ray.teacher import teacher_info
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per Optuna study is noise here
@@ -67,41 +68,7 @@ class Layout:
 
 
 # ---------------------------------------------------------------------------------------- validation
-def validate(study: Study) -> Space:
-    """Everything that can be checked before Ray starts: the space, and the space against the study."""
-    space = load_space(study.search.space)
-    where = f"{study.source}"
-    check_student_fields(space, study)
-    for method in study.search.methods:
-        params = space.for_method(method)
-        if method in ("annealing", "prokd"):
-            train = study.train
-            taus = params["tau_max"].values() if "tau_max" in params else [train.tau_max]
-            fractions = params["stage1_fraction"].values() if "stage1_fraction" in params else [train.stage1_fraction]
-            epochs = params["epochs"].values() if "epochs" in params else [train.epochs]
-            shapes = params["schedule"].values() if "schedule" in params else [train.schedule]
-            if "step" in shapes and "tau_max" in params and params["tau_max"].type != "int":
-                raise ConfigError(f"{space.source}: params.tau_max: the step schedule needs an integer tau_max; "
-                                  "use type: int, or drop step from the schedule choices")
-            if "step" in shapes:
-                first = min(stage_split(int(e), f)[0] for e in epochs for f in fractions)
-                if step_period(first, int(max(taus))) < 1:
-                    raise ConfigError(
-                        f"{where}: train.epochs/stage1_fraction leave {first} stage-I epoch(s), fewer than "
-                        f"tau_max up to {max(taus)} (search space {space.source}): the step schedule needs "
-                        f"one epoch per temperature; raise train.epochs or lower tau_max's high")
-    for point in study.search.warm_start:
-        unknown = {k for k in point if k not in TrainSpec.model_fields
-                   and not (study.family is not None and k.startswith(STUDENT))}
-        if unknown:
-            raise ConfigError(f"{where}: search.warm_start: unknown field(s) {sorted(unknown)}")
-    return space
-
-
-def budgets(study: Study, space: Space) -> dict[str, int]:
-    """Trials per pair for each method: the study's budget, or one for a method the space leaves
-    nothing to search for (its trials would all be the same run)."""
-    return {m: (n if space.for_method(m) else 1) for m, n in study.search.trials.items()}
+validate = check_space  # the space against the study (and `budgets`): akd_ray.preflight, run before Ray starts
 
 
 def check_resources(study: Study) -> int:
@@ -518,13 +485,16 @@ class Signals:
 
 # ---------------------------------------------------------------------------------------- teachers
 def prepare_teachers(study: Study) -> dict[str, Path]:
-    """Each teacher trained (or loaded) once, as a Ray task with one trial's resources; then, for
-    TAKD, each teacher's assistant, once per study, with the study's assistant recipe."""
+    """Each teacher trained (or loaded) once, as a Ray task with one trial's resources (the live view
+    follows its epochs through a small file each task writes); then, for TAKD, each teacher's
+    assistant, once per study, with the study's assistant recipe."""
     from akd_ray.teacher import prepare_assistant, prepare_teacher
 
-    refs = {name: _as_task(study, prepare_teacher).remote(name, spec, study.task, Layout.of(study).root, study.seed)
+    files = {name: Layout.of(study).teachers / f".{name}.epoch.json" for name in study.teachers}
+    refs = {name: _as_task(study, prepare_teacher).remote(name, spec, study.task, Layout.of(study).root, study.seed,
+                                                          on_epoch=progress.TeacherEpochs(files[name], spec.train.epochs))
             for name, spec in study.teachers.items()}
-    dirs = {name: Path(ray.get(ref)) for name, ref in refs.items()}
+    dirs = progress.wait_teachers(refs, files)
     if "takd" in study.search.trials:
         ray.get([_as_task(study, prepare_assistant).remote(study.assistant, study.task, study.assistant_train or study.train, d,
                                   Layout.of(study).root, study.seed) for d in dirs.values()])
@@ -705,8 +675,14 @@ class StudyResult:
     teachers: dict[str, dict[str, Any]]
 
 
-def run_study(study: Study, address: str | None = None, say: Callable[[str], None] = print) -> StudyResult:
-    """Run (or resume) a whole study: validate, start Ray, teachers, search, confirm, track, report.
+def run_study(study: Study, address: str | None = None, say: Callable[[str], None] = print,
+              plan: preflight.Plan | None = None, verbose: bool = False) -> StudyResult:
+    """Run (or resume) a whole study: check, start Ray, teachers, search, confirm, track, report.
+
+    `plan`: what `preflight.check` returned (checked here when None) -- every check that needs no
+    training runs before Ray or MLflow start or any folder is made. While it runs, the live view and
+    status.json (akd_ray.progress) follow it, and Tune's own output goes to `<storage>/<name>/tune.log`
+    unless `verbose`; `say` is then the live view's.
 
     Raises `Interrupted` on SIGINT/SIGTERM (the MLflow study run and its unfinished trial runs are
     marked KILLED, no report is written) and `StudyStopped` when a teacher is too weak to distil.
@@ -714,7 +690,8 @@ def run_study(study: Study, address: str | None = None, say: Callable[[str], Non
     from akd_ray import report as reports
     from akd_ray import tracking
 
-    space = validate(study)
+    plan = plan or preflight.check(study, address)
+    space = plan.space
     # one checkpoint per epoch is by design (resumable trials): Tune's warning about it is noise
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     uri = tracking.tracking_uri(study)
@@ -728,9 +705,12 @@ def run_study(study: Study, address: str | None = None, say: Callable[[str], Non
         max_concurrent = check_resources(study)
         layout = Layout.of(study)
         layout.root.mkdir(parents=True, exist_ok=True)
+        tracker = progress.start(study, plan, layout.root, verbose)
+        say = tracker.view.say
         parent = tracking.start_study(study, Path(study.source).read_text() if study.source else "",
                                       Path(study.search.space).read_text())
         signals.stage = "the teachers' preparation (no trial had started)"
+        tracker.phase("teachers")
         teacher_dirs = prepare_teachers(study)
         quality = assess_teachers(study, teacher_dirs)
         for name, q in quality.items():
@@ -739,14 +719,21 @@ def run_study(study: Study, address: str | None = None, say: Callable[[str], Non
         check_teachers(study, quality)
         callback = tracking.MlflowCallback(study, parent)
 
-        total = sum(budgets(study, space).values()) * len(study.pairs)
+        budget = budgets(study, space)
+        total = sum(budget.values()) * len(study.pairs)
+        tracker.phase("search")
         rows = trial_rows(run_phase(study, "search", searcher_for(study, space), total, teacher_dirs,
-                                    [callback], max_concurrent, signals))
+                                    [callback, progress.ProgressCallback("search", {
+                                        f"{t}->{s}|{m}": n for t, s in study.pairs for m, n in budget.items()})],
+                                    max_concurrent, signals))
         points = confirmation_points(study, rows, quality)
         if points:
+            tracker.phase("confirm")
             rows += trial_rows(run_phase(study, "confirm", Points(points), len(points), teacher_dirs,
-                                         [callback], max_concurrent, signals))
+                                         [callback, progress.ProgressCallback("confirm", progress.budgets_of(points))],
+                                         max_concurrent, signals))
         signals.stage = "the report (every trial had finished)"
+        tracker.phase("report")
         files = reports.write_report(study, rows, layout.report, quality)  # local first: never lost to MLflow
         if callback.flush():
             raise tracking.TrackingError(
@@ -758,8 +745,10 @@ def run_study(study: Study, address: str | None = None, say: Callable[[str], Non
         tracking.log_picks(parent, verdicts)
         tracking.log_report(parent, files, verdicts)
         tracking.finish_study(parent)
+        progress.stop("done")
         return StudyResult(rows, layout, uri, files, quality)
     except KeyboardInterrupt:  # Interrupted, or a Ctrl-C outside our handler
+        progress.stop("interrupted")
         if parent is not None:
             with contextlib.suppress(Exception):  # MLflow may be away; the spool keeps what it can
                 if callback is not None:
@@ -767,11 +756,13 @@ def run_study(study: Study, address: str | None = None, say: Callable[[str], Non
                 tracking.finish_study(parent, "KILLED", unfinished="KILLED")
         raise
     except BaseException:
+        progress.stop("failed")
         if parent is not None:
             with contextlib.suppress(Exception):  # MLflow may be the thing that failed
                 tracking.finish_study(parent, "FAILED")
         raise
     finally:
+        progress.stop()
         signals.__exit__()
         if started_ray:
             ray.shutdown()

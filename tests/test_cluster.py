@@ -442,7 +442,8 @@ def test_a_trial_with_nan_loss_fails_with_its_reason_and_the_study_goes_on(clust
     space = yaml.safe_load((tmp_path / "space.yaml").read_text())
     space["params"]["lr"]["choices"] = [1.0e30, 0.01]
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
-    d = tune(cluster, study)
+    with driver(cluster, study) as d:
+        assert d.wait() == 1, d.stderr[-4000:]  # exit 1: a trial failed (the study itself finished)
 
     rows = trial_rows(study)
     failed = [r for r in rows if r["error"]]

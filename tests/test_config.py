@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -144,13 +145,13 @@ BAD_STUDIES = [
     # id, change to the tiny study, field named, key phrase
     ("unknown top-level key", set_in("epochs", value=5), "epochs", "unknown key"),
     ("unknown nested key", set_in("train", "temperature", value=4), "train.temperature", "unknown key"),
-    ("unknown model key", set_in("students", "small", "width", value=8), "students.small.mlp.width", "unknown key"),
+    ("unknown model key", set_in("students", "small", "width", value=8), "students.small.width", "unknown key"),
     ("wrong type", set_in("train", "epochs", value="ten"), "train.epochs", "valid integer"),
-    ("wrong type in a list", set_in("students", "small", "hidden", value=["wide"]), "students.small.mlp.hidden.0",
+    ("wrong type in a list", set_in("students", "small", "hidden", value=["wide"]), "students.small.hidden[0]",
      "valid integer"),
     ("empty students", set_in("students", value={}), "students", "at least 1 item"),
     ("no teachers", set_in("teachers", value={}), "teachers", "at least 1 item"),
-    ("missing search", lambda d: d.pop("search"), "search", "Field required"),
+    ("missing search", lambda d: d.pop("search"), "search", "required, but missing"),
     ("unknown task", set_in("task", "name", value="mnist"), "task.name", "got 'mnist'; valid: 'digits'"),
     ("unknown method", set_in("search", "trials", "distill", value=1), "search.trials.distill",
      "got 'distill'; valid: 'scratch', 'kd', 'takd', 'annealing' or 'prokd'"),
@@ -166,8 +167,8 @@ BAD_STUDIES = [
     ("unknown schedule", set_in("train", "schedule", value="zigzag"), "train.schedule",
      "got 'zigzag'; valid: 'step', 'linear', 'cosine' or 'exp'"),
     ("unknown model kind", set_in("students", "small", value={"kind": "mlpx"}), "students.small",
-     "does not match any of the expected tags"),
-    ("resnet depth", set_in("students", "small", value={"kind": "resnet", "depth": 9}), "students.small.resnet.depth",
+     "unknown kind 'mlpx'; valid: mlp, cnn, resnet, hf, hf_truncate, hf_config"),
+    ("resnet depth", set_in("students", "small", value={"kind": "resnet", "depth": 9}), "students.small.depth",
      "got 9"),
     ("resnet on glue", resnet_student_on_glue, "students.small", "kind 'resnet' does not fit task 'glue/sst2'"),
     ("hf on digits", set_in("students", "small", value={"kind": "hf", "path": "org/model"}), "students.small",
@@ -177,14 +178,14 @@ BAD_STUDIES = [
     ("prokd with a loaded teacher", prokd_with_loaded_teacher, "search.trials", "'prokd', which needs teachers "
      "with prepare: train"),
     ("load without a path", teacher_load(None), "teachers.big", "prepare: load needs `path`"),
-    ("teacher path missing", teacher_load("./trained/big"), "teachers.big.path", "no such folder"),
+    ("teacher path missing", teacher_load("./trained/big"), "teachers.big.path", "no such file or folder"),
     ("local hf teacher missing", local_hf_teacher_missing, "teachers.bert.model.path", "no such folder"),
     ("missing space file", set_in("search", "space", value="spaces/none.yaml"), "search.space", "no such file"),
     ("missing data_dir", set_in("task", "data_dir", value="data/digits"), "task.data_dir", "no such folder"),
     ("gpus_per_worker 1.5", set_in("resources", "gpus_per_worker", value=1.5), "resources.gpus_per_worker",
      "must be a whole number"),
     ("workers 0", set_in("resources", "workers", value=0), "resources.workers", "greater than or equal to 1"),
-    ("bad study name", set_in("name", value="my study"), "name", "should match pattern"),
+    ("bad study name", set_in("name", value="my study"), "name", "'my study' is not valid: use letters, digits"),
     ("scheduler", set_in("search", "scheduler", value="hyperband"), "search.scheduler", "got 'hyperband'"),
 ]
 
@@ -197,8 +198,22 @@ def test_bad_study_names_file_field_and_reason(tmp_path, change, field, phrase):
     with pytest.raises(ConfigError) as err:
         load_study(path)
     message = str(err.value)
-    assert message.startswith(f"{path}: ")
+    assert message.startswith(f"{path}:")  # and the line, where the file has the field
     assert field in message and phrase in message
+    assert ".mlp." not in message and "[key]" not in message and "(top level)" not in message
+
+
+@pytest.mark.parametrize("change, phrase", [
+    (set_in("students", "small", "hiden", value=[8]), "students.small.hiden: unknown key; did you mean 'hidden'?"),
+    (set_in("search", "confirm_seed", value=1), "search.confirm_seed: unknown key; did you mean 'confirm_seeds'?"),
+    (set_in("resources", "gpus", value=1), "resources.gpus: unknown key; valid: workers, cpus_per_worker, "
+                                           "gpus_per_worker, max_concurrent, max_failures"),
+])
+def test_an_unknown_key_suggests_the_known_ones(tmp_path, change, phrase):
+    d = tiny_study()
+    change(d)
+    with pytest.raises(ConfigError, match=re.escape(phrase)):
+        load_study(write_study(tmp_path, d))
 
 
 def test_every_invalid_field_is_listed(tmp_path):
@@ -207,9 +222,8 @@ def test_every_invalid_field_is_listed(tmp_path):
     d["task"]["val_fraction"] = 0
     with pytest.raises(ConfigError) as err:
         load_study(write_study(tmp_path, d))
-    lines = str(err.value).splitlines()
-    assert lines[0].endswith("3 invalid field(s)")
-    assert sorted(line.split(":")[0].strip() for line in lines[1:]) == ["task.val_fraction", "train.epochs", "train.lr"]
+    lines = str(err.value).splitlines()  # one per field: `file:line: field: reason`
+    assert sorted(line.split(": ")[1] for line in lines) == ["task.val_fraction", "train.epochs", "train.lr"]
 
 
 @pytest.mark.parametrize("text, phrase", [
@@ -223,7 +237,7 @@ def test_unreadable_study_file(tmp_path, text, phrase):
     path = write_study(tmp_path, text)
     with pytest.raises(ConfigError, match=phrase) as err:
         load_study(path)
-    assert str(err.value).startswith(f"{path}: ")
+    assert str(err.value).startswith(f"{path}:")
 
 
 def test_missing_study_file(tmp_path):
@@ -275,16 +289,59 @@ def test_an_overridden_value_is_validated(tmp_path):
 
 
 @pytest.mark.parametrize("item, phrase", [
-    ("train.epochs", "--set 'train.epochs': expected KEY=VALUE"),
+    ("train.epochs", "--set train.epochs: expected KEY=VALUE, e.g. --set train.epochs=5"),
     ("train.epochs 5", "--set 'train.epochs 5': expected KEY=VALUE"),
-    ("name.first=x", "--set 'name.first=x': 'name' is not a section"),
-    ("train.epochs.max=3", "--set 'train.epochs.max=3': 'epochs' is not a section"),
+    ("name.first=x", "--set name.first=x: name is not a section (it holds 'tiny')"),
+    ("train.epochs.max=3", "--set train.epochs.max=3: train.epochs is not a section (it holds 12)"),
+    ("train.epochs=[3", "--set 'train.epochs=[3': the value is not valid YAML"),
+    ("=3", "--set =3: '' is not a field path"),
 ])
 def test_bad_override(tmp_path, item, phrase):
+    """A --set is the command line's, not the file's: the message names it as typed."""
     path = write_study(tmp_path, tiny_study())
     with pytest.raises(ConfigError) as err:
         load_study(path, [item])
-    assert str(err.value).startswith(f"{path}: {phrase}")
+    assert str(err.value).startswith(phrase)
+
+
+def test_an_invalid_overridden_value_names_the_set_not_the_file(tmp_path):
+    path = write_study(tmp_path, tiny_study())
+    with pytest.raises(ConfigError) as err:
+        load_study(path, ["train.epochs=1", "students.small={kind: resnet, depth: 9}"])
+    lines = sorted(str(err.value).splitlines())
+    assert lines == ["--set 'students.small={kind: resnet, depth: 9}': students.small.depth: got 9; "
+                     "valid: 8, 14, 20, 32, 44, 56 or 110",
+                     "--set train.epochs=1: train.epochs: Input should be greater than or equal to 2"]
+
+
+def test_a_field_error_names_the_line_it_is_on(tmp_path):
+    path = write_study(tmp_path, "name: tiny\ntask: {name: digits}\nteachers:\n  big:\n    model: {kind: mlp}\n"
+                                 "students:\n  small:\n    kind: mlp\n    hidden: [4, wide]\n"
+                                 "search: {space: space.yaml, trials: {kd: 1}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_study(path)
+    assert str(err.value) == (f"{path}:9: students.small.hidden[1]: Input should be a valid integer, "
+                              "unable to parse string as an integer")
+
+
+@pytest.mark.parametrize("text, line, phrase", [
+    ("name: a\ntrain: {epochs: 3}\nname: b\n", 3, "duplicate key 'name': at line 1 and line 3"),
+    ("train:\n  epochs: 3\n  lr: 0.1\n  epochs: 4\n", 4, "duplicate key 'epochs': at line 2 and line 4"),
+])
+def test_duplicate_keys_are_an_error_naming_both_lines(tmp_path, text, line, phrase):
+    path = write_study(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_study(path)
+    assert str(err.value).startswith(f"{path}:{line}: ") and phrase in str(err.value)
+
+
+def test_storage_is_relative_to_the_study_file(tmp_path, monkeypatch):
+    d = tiny_study()
+    d["storage"] = "results"
+    path = write_study(tmp_path, d)
+    monkeypatch.chdir("/")
+    assert load_study(path).storage == tmp_path / "results"
+    assert load_study(path, ["storage=/srv/akd"]).storage == Path("/srv/akd")
 
 
 # ---------------------------------------------------------------------------------------- one trial
@@ -321,7 +378,8 @@ runner = CliRunner()
 def test_cli_validate_quickstart():
     result = runner.invoke(app, ["validate", str(REPO / "studies" / "quickstart.yaml")])
     assert result.exit_code == 0, result.output
-    assert "quickstart.yaml: valid -- task digits, 2 pair(s), methods scratch x1, kd x2, annealing x4" in result.stdout
+    assert "quickstart.yaml: valid" in result.stdout
+    assert "2 pair(s) x (scratch 1 + kd 2 + annealing 4) = 14 trials, 30 epochs" in result.stdout
     assert result.stderr == ""
 
 
@@ -331,9 +389,9 @@ def test_cli_validate_bad_file(tmp_path):
     path = write_study(tmp_path, d)
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 2
-    assert result.stderr.startswith(f"error: {path}: 1 invalid field(s)")
+    assert result.stderr.startswith(f"error: {path}:")
     assert "train.tau_max: Input should be greater than or equal to 1" in result.stderr
-    assert "valid --" not in result.stdout
+    assert "valid" not in result.stdout
 
 
 def test_cli_validate_space_against_study(tmp_path):
@@ -348,4 +406,4 @@ def test_cli_validate_bad_override(tmp_path):
     path = write_study(tmp_path, tiny_study())
     result = runner.invoke(app, ["validate", str(path), "--set", "train.epochs"])
     assert result.exit_code == 2
-    assert f"error: {path}: --set 'train.epochs': expected KEY=VALUE" in result.stderr
+    assert "error: --set train.epochs: expected KEY=VALUE" in result.stderr

@@ -1,7 +1,19 @@
-"""The Annealing-KD method: schedules and losses. Imports torch only, never Ray or MLflow."""
+"""The Annealing-KD method: schedules and losses. Imports torch only, never Ray or MLflow.
 
-from akd_ray.method.losses import annealing_loss, hard_label_loss, kd_loss, regression_kd_loss
+The schedules are pure Python; the losses (torch) load on first use, so reading a study file
+(`akd_ray.config` uses the schedules) does not pay for importing torch.
+"""
+
 from akd_ray.method.schedules import SHAPES, phi, stage_split, temperature
 
-__all__ = ["SHAPES", "annealing_loss", "hard_label_loss", "kd_loss", "phi", "regression_kd_loss",
-           "stage_split", "temperature"]
+_LOSSES = ("annealing_loss", "hard_label_loss", "kd_loss", "regression_kd_loss")
+
+
+def __getattr__(name: str):
+    if name in _LOSSES:
+        from akd_ray.method import losses
+        return getattr(losses, name)
+    raise AttributeError(f"module 'akd_ray.method' has no attribute {name!r}")
+
+
+__all__ = ["SHAPES", *_LOSSES, "phi", "stage_split", "temperature"]

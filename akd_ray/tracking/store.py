@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from akd_ray.config import Study
+from akd_ray.config import tracking_uri as _tracking_uri
 
 STUDY_TAG = "akd.study"  # on the parent run only: finds it again when a study resumes
 TRIAL_TAG = "akd.trial_id"  # on each trial run: finds it again when a trial restarts
@@ -40,12 +41,8 @@ class TrackingError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------- where
 def tracking_uri(study: Study) -> str:
-    """The study's MLflow: `mlflow.tracking_uri`, else $MLFLOW_TRACKING_URI (what a cluster sets on
-    every node), else a SQLite store under `<storage>/<name>/`."""
-    if study.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
-        return study.mlflow.tracking_uri or os.environ["MLFLOW_TRACKING_URI"]
-    # MLflow 3 deprecates the file store; SQLite keeps runs, metrics and the model registry offline
-    return f"sqlite:///{study_dir(study) / 'mlflow.db'}"
+    """The study's MLflow URI (see `akd_ray.config.tracking_uri`: read before MLflow is imported)."""
+    return _tracking_uri(study)
 
 
 def study_dir(study: Study) -> Path:

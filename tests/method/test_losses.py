@@ -136,6 +136,7 @@ def test_regression_kd_loss_blend():
 # ---------------------------------------------------------------------------------------- imports
 def test_the_method_imports_without_ray_mlflow_optuna_or_transformers():
     code = ("import sys, akd_ray.method\n"
+            "akd_ray.method.kd_loss  # the losses load on first use\n"
             "heavy = ('ray', 'mlflow', 'optuna', 'transformers')\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))\n"
             "print('torch' in sys.modules)\n")
