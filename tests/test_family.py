@@ -117,14 +117,14 @@ def test_student_fields_in_a_study_of_named_students_are_an_error(tmp_path):
     ({"search": {"space": "space.yaml", "trials": {"kd": 1}, "scheduler": "asha"}},
      "a family search is multi-objective"),
     ({"family": {"model": {"kind": "mlp"}, "cost": "flops"}}, "family.cost"),
-    ({"family": {"model": {"kind": "mlp"}, "within": [0]}}, "family.within.0"),
+    ({"family": {"model": {"kind": "mlp"}, "within": [0]}}, "family.within[0]"),
 ])
 def test_bad_family_study_names_file_and_field(tmp_path, change, phrase):
     path = family_study(tmp_path, {"kind": "mlp"}, {"student.hidden": {"type": "int", "low": 2, "high": 8}},
                         **change)
     with pytest.raises(ConfigError) as err:
         load_study(path)
-    assert str(err.value).startswith(f"{path}: ") and phrase in str(err.value)
+    assert str(err.value).startswith(f"{path}:") and phrase in str(err.value)
 
 
 def test_an_empty_students_mapping_is_still_an_error_without_a_family(tmp_path):
