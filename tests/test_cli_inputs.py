@@ -178,7 +178,7 @@ CASES: dict[str, Case] = {
     "misspelt model key": study(at("students", "small", "hiden", value=[8]), "{study}:", "students.small.hiden: unknown key"),
     "wrong type": study(at("train", "epochs", value="ten"), "{study}:", "train.epochs: Input should be a valid integer"),
     "wrong type in a list": study(at("students", "small", "hidden", value=["wide"]), "students.small.hidden[0]"),
-    "no students": study(at("students", value={}), "{study}:", "students: Dictionary should have at least 1 item"),
+    "no students": study(at("students", value={}), "{study}:", "students: should have at least 1 item (or leave `students` out and give a `family`)"),
     "missing search": study(lambda d: d.pop("search"), "{study}: search: required, but missing"),
     "unknown task": study(at("task", "name", value="mnist"), "task.name: got 'mnist'; valid: 'digits'"),
     "unknown method": study(at("search", "trials", "distill", value=1), "{study}:", "search.trials.distill: got 'distill'"),
