@@ -93,6 +93,19 @@ def check_resources(study: Study) -> int:
 
 
 # ---------------------------------------------------------------------------------------- early stopping
+class PickledState:
+    """save/restore for a Tune searcher or scheduler whose whole state pickles: Tune saves it with the
+    experiment and `Tuner.restore` reloads it."""
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
 def group_of(config: dict) -> tuple[str, str, str]:
     return config["teacher"], config["student"], config["method"]
 
@@ -108,7 +121,7 @@ def rung_time(method: str, result: dict) -> int | None:
     return result["epoch"] + 1
 
 
-class GroupedHalving(FIFOScheduler):
+class GroupedHalving(PickledState, FIFOScheduler):
     """Asynchronous successive halving (ASHA, Li et al. 2020) with one ladder of rungs per
     (teacher, student, method): a trial is only ever stopped for trailing trials of its own group.
 
@@ -155,26 +168,10 @@ class GroupedHalving(FIFOScheduler):
     def debug_string(self) -> str:
         return f"GroupedHalving: {len(self.rungs)} group(s), {len(self.stopped)} trial(s) stopped early"
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
-
 
 # ---------------------------------------------------------------------------------------- search
-class Resumable(Searcher):
+class Resumable(PickledState, Searcher):
     """A searcher whose whole state pickles: Tune saves it with the experiment, `Tuner.restore` reloads it."""
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
 
 
 class PairedSearch(Resumable):

@@ -77,3 +77,15 @@ def test_groups_have_their_own_ladders_and_the_final_result_is_never_judged():
     assert scheduler.on_trial_result(None, trial("scratch-a", "scratch"), result(0, 2, 0, 0.1)) == CONTINUE
     assert scheduler.on_trial_result(None, trial("kd-b", "kd"), result(0, 1, 0, 0.5)) == STOP
     assert scheduler.on_trial_result(None, trial("kd-c", "kd"), {"final": 1, METRIC: 0.1}) == CONTINUE
+
+
+def test_the_ladders_survive_a_save_and_restore(tmp_path):
+    scheduler = GroupedHalving(grace_period=1, reduction_factor=2, max_t=8)
+    scheduler.on_trial_result(None, trial("kd-a", "kd"), result(0, 1, 0, 0.9))
+    scheduler.on_trial_result(None, trial("kd-b", "kd"), result(0, 1, 0, 0.5))
+    scheduler.save(str(tmp_path / "scheduler.pkl"))
+    restored = GroupedHalving(grace_period=1, reduction_factor=2, max_t=8)
+    restored.restore(str(tmp_path / "scheduler.pkl"))
+    assert restored.rungs == scheduler.rungs and restored.stopped == {"kd-b": (("t", "s", "kd"), 1)}
+    # a resumed study keeps judging against what the group recorded before
+    assert restored.on_trial_result(None, trial("kd-c", "kd"), result(0, 1, 0, 0.6)) == STOP
