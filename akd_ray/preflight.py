@@ -16,9 +16,7 @@ Imports stay light (no Ray, MLflow or optuna; torch only for GLUE/CIFAR data), s
 
 from __future__ import annotations
 
-import csv
 import importlib.util
-import io
 import math
 import os
 from dataclasses import dataclass
@@ -244,37 +242,27 @@ def _check_tsv(path: Path, fmt, where: str) -> list[str]:
                              f"(the GLUE layout under {where})")
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8-sig")
+        raw.decode("utf-8-sig")  # first, to name the line of a bad byte
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         raise PreflightError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x})") from None
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
-    wanted = (*fmt.text, fmt.label)
-    header = list(fmt.columns) if fmt.columns else next(reader, None)
-    if header is None:
-        raise PreflightError(f"{path}: empty file; expected a header row with {list(wanted)}")
-    missing = [c for c in wanted if c not in header]
-    if missing:
-        raise PreflightError(f"{path}:1: no column(s) {missing} in the header {header}")
-    index = [header.index(c) for c in wanted]
-    label = header.index(fmt.label)
-    needed, rows, short = max(index) + 1, 0, []
-    for row in reader:
-        if not row:
-            continue
-        if len(row) < needed:
-            short.append(reader.line_num)
-            continue
-        value = row[label]
+    from akd_ray.tasks.glue import tsv_rows
+
+    try:
+        data, short, needed = tsv_rows(path, fmt)
+    except ValueError as e:
+        raise PreflightError(str(e)) from None
+    for line, fields in data:
+        value = fields[-1]
         if fmt.classes is not None and value not in fmt.classes:
-            raise PreflightError(f"{path}:{reader.line_num}: label {value!r} in column {fmt.label!r} is not one "
+            raise PreflightError(f"{path}:{line}: label {value!r} in column {fmt.label!r} is not one "
                                  f"of {list(fmt.classes)}")
         if fmt.classes is None:
             try:
                 float(value)
             except ValueError:
-                raise PreflightError(f"{path}:{reader.line_num}: {fmt.label!r} {value!r} is not a number") from None
-        rows += 1
+                raise PreflightError(f"{path}:{line}: {fmt.label!r} {value!r} is not a number") from None
+    rows = len(data)
     if not rows:
         raise PreflightError(f"{path}: no data rows" + (f" ({len(short)} row(s) with fewer than {needed} fields, "
                                                         f"first at line {short[0]})" if short else ""))

@@ -89,24 +89,23 @@ class RawSplit:
 
 
 # ---------------------------------------------------------------------------------------- reading
-def _read_tsv(path: Path, fmt: GlueFormat) -> RawSplit:
-    """One GLUE TSV file -> its text columns and labels.
+def tsv_rows(path: Path, fmt: GlueFormat) -> tuple[list[tuple[int, list[str]]], list[int], int]:
+    """One GLUE TSV file, as the loader (and the preflight check) reads it: `(line, [text..., label])`
+    per data row, the lines with too few fields (skipped), and how many fields a row needs.
 
     QUOTE_NONE because GLUE text is not quoted: MRPC and MNLI rows hold bare `"` characters that
     a quoting reader would take as field delimiters, silently merging rows. `utf-8-sig` drops the
     byte-order mark some MRPC copies start with, which would otherwise glue onto the first column name.
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"GLUE file not found: {path}")
     wanted = (*fmt.text, fmt.label)
     with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = list(fmt.columns) if fmt.columns else next(reader, None)
         if header is None:
-            raise ValueError(f"{path}: empty file, expected a header row")
+            raise ValueError(f"{path}: empty file; expected a header row with {list(wanted)}")
         missing = [c for c in wanted if c not in header]
         if missing:
-            raise ValueError(f"{path}: no column(s) {missing}; the header is {header}")
+            raise ValueError(f"{path}:1: no column(s) {missing} in the header {header}")
         index = [header.index(c) for c in wanted]
         needed = max(index) + 1
         rows, short_lines = [], []
@@ -116,13 +115,21 @@ def _read_tsv(path: Path, fmt: GlueFormat) -> RawSplit:
             if len(row) < needed:
                 short_lines.append(reader.line_num)
                 continue
-            rows.append([row[i] for i in index])
+            rows.append((reader.line_num, [row[i] for i in index]))
+    return rows, short_lines, needed
+
+
+def _read_tsv(path: Path, fmt: GlueFormat) -> RawSplit:
+    """One GLUE TSV file -> its text columns and labels."""
+    if not path.is_file():
+        raise FileNotFoundError(f"GLUE file not found: {path}")
+    rows, short_lines, needed = tsv_rows(path, fmt)
     if short_lines:
         warnings.warn(f"{path}: skipped {len(short_lines)} row(s) with fewer than {needed} fields "
                       f"(first at line {short_lines[0]})", stacklevel=2)
     if not rows:
         raise ValueError(f"{path}: no data rows")
-    columns = list(zip(*rows))
+    columns = list(zip(*(fields for _, fields in rows)))
     texts = tuple(list(col) for col in columns[:-1])
     return RawSplit(texts, _labels(columns[-1], fmt, str(path)))
 
