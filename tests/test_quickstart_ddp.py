@@ -20,7 +20,7 @@ def test_quickstart_with_two_workers_per_trial(tmp_path, mlflow_server):
     overrides = {
         "name": "qs-ddp", "storage": str(tmp_path / "results"), "mlflow.tracking_uri": mlflow_server.uri,
         "students": "{mlp-16: {kind: mlp, hidden: [16]}}", "teachers.mlp-256x2.train.epochs": 4,
-        "search.trials": "{annealing: 1}", "search.confirm_seeds": 0,
+        "search.trials": "{annealing: 1}", "search.confirm_seeds": 0, "train.epochs": 12,
         "resources.workers": 2, "resources.cpus_per_worker": 1,
     }
     args = [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
@@ -40,7 +40,7 @@ def test_quickstart_with_two_workers_per_trial(tmp_path, mlflow_server):
 
     client = MlflowClient(mlflow_server.uri)
     exp = client.get_experiment_by_name("qs-ddp")
-    children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    children = [r for r in client.search_runs([exp.experiment_id]) if "akd.trial_id" in r.data.tags]
     assert len(children) == len(rows)
     for run in children:
         assert run.info.status == "FINISHED"
