@@ -27,8 +27,8 @@ def tune_cmd(storage: Path, *extra: str) -> list[str]:
             *SMALL, *extra]
 
 
-def env() -> dict:
-    return {**os.environ, "AKD_RAY_VERBOSE": "0"}
+def env(faults: Path | None = None) -> dict:
+    return {**os.environ, "AKD_RAY_VERBOSE": "0", **({"AKD_RAY_FAULTS": str(faults)} if faults else {})}
 
 
 def finished_trials(experiment: Path) -> int:
@@ -48,11 +48,15 @@ def mlflow_runs(storage: Path) -> tuple:
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupt_stops_cleanly_and_a_rerun_finishes_every_trial_once(tmp_path, sig, code):
     storage = tmp_path / "results"
-    first = subprocess.Popen(tune_cmd(storage), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+    faults = tmp_path / "faults"  # the first trial to reach epoch 5 waits there (study._inject_fault)
+    faults.mkdir()
+    (faults / "hold.fault").write_text("pause 5")
+    first = subprocess.Popen(tune_cmd(storage), cwd=ROOT, env=env(faults), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     search = storage / "quickstart/tune/search"
     deadline = time.monotonic() + 600
-    while finished_trials(search) < 1:  # the first finished trial; the next ones are running
+    # the first finished trial, and one trial surely running (held at epoch 5) when the signal comes
+    while finished_trials(search) < 1 or not (faults / "hold.json").exists():
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()[1][-3000:]
         time.sleep(0.5)
     first.send_signal(sig)
