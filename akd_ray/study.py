@@ -181,6 +181,8 @@ class PairedSearch(Resumable):
     together and an interrupted study has covered all pairs evenly.
     """
 
+    objectives, directions = METRIC, MODE  # of each group's OptunaSearch (FamilySearch: two of each)
+
     def __init__(self, study: Study, space: Space):
         super().__init__(metric=METRIC, mode=MODE)
         budget = budgets(study, space)
@@ -194,7 +196,7 @@ class PairedSearch(Resumable):
                 warm = [{k: v for k, v in p.items() if k in params} for p in study.search.warm_start]
                 key = (teacher, student, method)
                 self.groups[key] = OptunaSearch(
-                    space=define_by_run(space, method), metric=METRIC, mode=MODE,
+                    space=define_by_run(space, method), metric=self.objectives, mode=self.directions,
                     sampler=TPESampler(seed=study.seed + 1000 * i + j, multivariate=True),
                     points_to_evaluate=[p for p in warm if p] or None)
                 self.budget[key] = budget[method]
@@ -263,23 +265,7 @@ class FamilySearch(PairedSearch):
     without values (pruned / failed).
     """
 
-    def __init__(self, study: Study, space: Space):
-        Resumable.__init__(self, metric=METRIC, mode=MODE)
-        budget = budgets(study, space)
-        self.groups, self.budget, self.started, self.owner = {}, {}, {}, {}
-        for i, (teacher, family) in enumerate(study.pairs):
-            for j, method in enumerate(study.search.methods):
-                params = space.for_method(method)
-                warm = [{k: v for k, v in p.items() if k in params} for p in study.search.warm_start]
-                key = (teacher, family, method)
-                self.groups[key] = OptunaSearch(
-                    space=define_by_run(space, method), metric=[METRIC, COST], mode=[MODE, "min"],
-                    sampler=TPESampler(seed=study.seed + 1000 * i + j, multivariate=True),
-                    points_to_evaluate=[p for p in warm if p] or None)
-                self.budget[key] = budget[method]
-                self.started[key] = 0
-        self.warm_from_pairs = study.search.warm_start_from_pairs
-        self.params_of, self.best, self.seeded = {}, {}, set()
+    objectives, directions = [METRIC, COST], [MODE, "min"]
 
 
 def searcher_for(study: Study, space: Space) -> PairedSearch:
