@@ -4,10 +4,10 @@
 
 Both modes run the same N trivial trials (report once, return), K at a time, on a local Ray started
 here with --num-cpus CPUs:
-  plain  a Tune function trainable, as akd-ray runs every single-worker trial (akd_ray.study.trial)
+  plain  a Tune function trainable, as akd-ray runs every single-worker trial (akd_ray.study.trial.trial)
   train  a Tune function trainable that builds and fits a Ray Train V2 TorchTrainer with one CPU
          worker -- as akd-ray does only for multi-worker (DDP) trials: the trial process holds no
-         resources, the Train worker asks for the trial's share (as akd_ray.study.run_phase sets up)
+         resources, the Train worker asks for the trial's share (as akd_ray.study.run.run_phase sets up)
 Times are wall clock of each Tuner.fit(); `slot_seconds_per_trial` = wall x K / N is how long one
 trial keeps one of the K concurrency slots busy, i.e. the overhead a real trial pays on top of its training.
 """

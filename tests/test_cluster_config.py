@@ -19,7 +19,7 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from akd_ray.config import load_study
-from akd_ray.study import check_resources
+from akd_ray.study.cluster import check_resources
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["cluster.yaml", "cluster-local.yaml"]

@@ -9,7 +9,9 @@ import pytest
 from ray import tune
 from ray.tune.schedulers import TrialScheduler
 
-from akd_ray.study import METRIC, GroupedHalving, Points
+from akd_ray.study.layout import METRIC
+from akd_ray.study.scheduler import GroupedHalving
+from akd_ray.study.search import Points
 
 STOP, CONTINUE = TrialScheduler.STOP, TrialScheduler.CONTINUE
 # arrival order within a group: the first two pass rung 2; the two weaker ones land under the median

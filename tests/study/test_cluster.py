@@ -1,7 +1,7 @@
 """A real multi-node Ray cluster on this machine: a head and two worker nodes, each its own `ray start`
 with one CPU, token authentication on, and the study's storage on a disk every node shares.
 
-Faults are made deterministic with `akd_ray.study._inject_fault`: the test drops a `*.fault` file in
+Faults are made deterministic with `akd_ray.study.faults.inject_fault`: the test drops a `*.fault` file in
 the folder `$AKD_RAY_FAULTS` names on every node, and the first trial to report that epoch claims it
 and dies (`exit`) or waits (`pause`) while the test removes a node, kills the driver or stops MLflow.
 """
@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import MlflowServer, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 pytestmark = pytest.mark.slow
 
@@ -130,7 +130,7 @@ class LocalRayCluster:
             assert time.monotonic() < deadline, f"the cluster did not reach {n} CPUs:\n{status}"
             time.sleep(0.5)
 
-    # -- faults (see akd_ray.study._inject_fault) ----------------------------------------------------
+    # -- faults (see akd_ray.study.faults.inject_fault) ----------------------------------------------------
     def fault(self, name: str, action: str, epoch: int) -> None:
         tmp = self.faults / f"{name}.tmp"
         tmp.write_text(f"{action} {epoch}")

@@ -7,7 +7,8 @@ import pickle
 from ray.tune.search import Searcher
 
 from akd_ray.config import load_study
-from akd_ray.study import PairedSearch, validate
+from akd_ray.study import validate
+from akd_ray.study.search import PairedSearch
 
 QUICKSTART = "studies/quickstart.yaml"
 

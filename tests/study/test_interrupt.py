@@ -15,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "studies/quickstart.yaml"
 # the quickstart, one student, a small budget: 3 search trials + 2 confirmation runs
 SMALL = ["--set", "students={mlp-16: {kind: mlp, hidden: [16]}}",
@@ -48,7 +48,7 @@ def mlflow_runs(storage: Path) -> tuple:
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupt_stops_cleanly_and_a_rerun_finishes_every_trial_once(tmp_path, sig, code):
     storage = tmp_path / "results"
-    faults = tmp_path / "faults"  # the first trial to reach epoch 5 waits there (study._inject_fault)
+    faults = tmp_path / "faults"  # the first trial to reach epoch 5 waits there (akd_ray.study.faults)
     faults.mkdir()
     (faults / "hold.fault").write_text("pause 5")
     first = subprocess.Popen(tune_cmd(storage), cwd=ROOT, env=env(faults), stdout=subprocess.PIPE,

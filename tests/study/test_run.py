@@ -13,7 +13,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 SPACE = {"params": {
     "tau_max": {"type": "int", "low": 2, "high": 3, "methods": ["annealing"]},

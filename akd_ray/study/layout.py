@@ -1,0 +1,28 @@
+"""Where a study keeps its things, and the names every room of the study shares. No Ray."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from akd_ray.config import Study
+
+METRIC, MODE = "val_best", "max"  # best-so-far validation metric: what searchers and early stopping read
+IDENTITY = ("teacher", "student", "method", "phase", "seed")  # fixed per trial, never searched
+STATE_FILE = "state.pt"  # a trial's resumable state, in each of its checkpoints
+STUDENT_DIR = "student"  # the trained student, in a finished trial's checkpoint
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a study keeps its things, under `<storage>/<name>/`."""
+    root: Path
+
+    @classmethod
+    def of(cls, study: Study) -> "Layout":
+        return cls(Path(study.storage).expanduser().resolve() / study.name)
+
+    teachers = property(lambda self: self.root / "teachers")
+    cache = property(lambda self: self.root / "cache")
+    tune = property(lambda self: self.root / "tune")
+    report = property(lambda self: self.root / "report")
