@@ -79,3 +79,66 @@ def gather_rows(mine: torch.Tensor, order: torch.Tensor, n: int) -> torch.Tensor
         rows = order[r::size]
         out[rows] = share[:len(rows)]
     return out
+
+
+# ---------------------------------------------------------------------------------------- BatchNorm
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose batch statistics are those of the global batch, on any device.
+
+    What `torch.nn.SyncBatchNorm` computes, which refuses CPU tensors (gloo): in training under a
+    process group, per channel c
+
+        mean_c = sum_ranks sum_i x_ic / N,   var_c = sum_ranks sum_i (x_ic - mean_c)^2 / N
+
+    with N the global count, both sums by a differentiable all-reduce (its backward all-reduces the
+    gradients, so each rank's inputs receive the gradient of every rank's loss through the shared
+    statistics). Two passes rather than E[x^2] - mean^2, which loses digits. Running statistics
+    take the unbiased variance N / (N - 1), as BatchNorm does. Outside training or without a group
+    it is plain BatchNorm.
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and world()[1] > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        n = all_reduce(x.new_tensor(float(x.numel() // x.shape[1])))
+        mean = all_reduce(x.sum(dims)) / n
+        var = all_reduce(((x - mean.view(shape)) ** 2).sum(dims)) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), m)
+                self.running_var.lerp_(var.detach() * n / (n - 1), m)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+
+def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm of `model` normalised over the global batch when the trial runs on more than
+    one rank, so a recipe means the same on 1 and 8 GPUs: `torch.nn.SyncBatchNorm` on GPUs,
+    `GlobalBatchNorm` elsewhere. The state-dict keys do not change. A no-op on one rank."""
+    if world()[1] == 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return _convert(model, device)
+
+
+def _convert(module: nn.Module, device: torch.device) -> nn.Module:
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                              module.track_running_stats).to(device)
+        out.load_state_dict(module.state_dict())
+        out.train(module.training)
+        return out
+    for name, child in module.named_children():
+        module.add_module(name, _convert(child, device))
+    return module

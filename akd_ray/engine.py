@@ -38,7 +38,8 @@ import torch.distributed as dist
 from torch import nn
 
 from akd_ray.config import HF_KINDS, ModelSpec, RunConfig, TrainSpec
-from akd_ray.distributed import broadcast_object, broadcast_state, gather_rows, is_chief, mean_over_ranks, world
+from akd_ray.distributed import (broadcast_object, broadcast_state, gather_rows, is_chief, mean_over_ranks,
+                                 sync_batchnorm, world)
 from akd_ray.logits import TEACHER_FILE, TeacherLogits, snapshot_dir
 from akd_ray.method import annealing_loss, hard_label_loss, kd_loss, phi, regression_kd_loss, stage_split
 from akd_ray.method.schedules import temperature
@@ -137,9 +138,10 @@ def batches_per_epoch(n: int, batch_size: int) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task: TaskData, split: Split, device: torch.device, batch_size: int,
-             autocast: torch.autocast) -> dict[str, float]:
-    """Metrics of `model` on `split`: each rank runs its share of the rows, all ranks get all logits.
+def predict(model: nn.Module, task: TaskData, split: Split, device: torch.device, batch_size: int,
+            autocast: torch.autocast) -> torch.Tensor:
+    """The logits of `model` for every row of `split`, in the split's order: each rank runs its share
+    of the rows, all ranks get all logits.
 
     Rows go shortest first where the split knows lengths (a batch then pads little); `batch_size`
     is per rank.
@@ -153,10 +155,27 @@ def evaluate(model: nn.Module, task: TaskData, split: Split, device: torch.devic
         inputs, _ = task.batch(split, idx, device)
         with autocast:
             logits.append(logits_of(model, inputs).float().reshape(len(idx), -1))
-    everything = gather_rows(torch.cat(logits), order, len(split))
+    return gather_rows(torch.cat(logits), order, len(split))
+
+
+def evaluate(model: nn.Module, task: TaskData, split: Split, device: torch.device, batch_size: int,
+             autocast: torch.autocast, logits: torch.Tensor | None = None) -> dict[str, float]:
+    """Metrics of `model` (or of its `logits`, already predicted) on `split`."""
+    if logits is None:
+        logits = predict(model, task, split, device, batch_size, autocast)
     # the same numbers on every rank; rank 0's are handed out all the same, so no rounding
     # difference between ranks can ever split a decision taken on them
-    return broadcast_object(compute_metrics(task.name, everything, split.labels))
+    return broadcast_object(compute_metrics(task.name, logits, split.labels))
+
+
+def save_predictions(path: Path, logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> None:
+    """One run's per-example test predictions (`pred`: class ids, or values for regression) and the
+    labels, in the split's order: what the report's paired bootstrap resamples."""
+    import numpy as np
+
+    pred = logits.squeeze(-1).float() if regression else logits.argmax(-1)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, pred=pred.cpu().numpy(), label=labels.cpu().numpy())
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -199,12 +218,40 @@ def logits_source(run: RunConfig, task: TaskData, device: torch.device) -> Teach
 
 
 # ---------------------------------------------------------------------------------------- the run
+def begin_stage(run: RunConfig, stage: Stage, epochs: range, state: dict[str, Any], model: nn.Module, n_train: int,
+                device: torch.device, resume: dict | None):
+    """The optimizer and lr schedule of a stage, and the model it starts from: the one place a resumed
+    run differs from a fresh one, so the loop below is the same for both.
+
+    Fresh (its first epoch is next): a fresh optimizer, as the paper does; a two-stage method's stage
+    II starts from the best stage-I weights. Resumed mid-stage: the model, optimizer and lr schedule
+    as the checkpoint left them.
+    """
+    train = run.train
+    optimizer = make_optimizer(model, train, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(train, stage.epochs * batches_per_epoch(n_train, train.batch_size)))
+    if state["epoch"] > epochs.start:  # resumed mid-stage
+        unwrap(model).load_state_dict(resume["model"])
+        broadcast_state(unwrap(model))
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        return optimizer, scheduler
+    if stage.number == 2 and state["stage_weights"] is not None and run.method in ("annealing", "prokd"):
+        unwrap(model).load_state_dict(state["stage_weights"])  # stage II from best stage I
+        broadcast_state(unwrap(model))
+    state["stage_best"], state["stage_weights"] = -math.inf, None
+    return optimizer, scheduler
+
+
 def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resume: dict | None = None,
-                     save_dir: Path | None = None, snapshots: int = 0, task: TaskData | None = None) -> dict:
+                     save_dir: Path | None = None, snapshots: int = 0, task: TaskData | None = None,
+                     predictions_file: Path | None = None) -> dict:
     """Train one student by `run.method`; return its final metrics (test metrics of the best val epoch).
 
     `resume` is a state returned by an earlier `on_epoch`; `save_dir` receives the best model and,
-    with `snapshots` > 0, that many evenly spaced training checkpoints (a teacher's, for Pro-KD).
+    with `snapshots` > 0, that many evenly spaced training checkpoints (a teacher's, for Pro-KD);
+    `predictions_file` the best model's per-example test predictions (`save_predictions`).
     Under torch.distributed every rank returns the same metrics; rank 0 saves.
     """
     # -- setup ---------------------------------------------------------------------------------
@@ -235,7 +282,7 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
     if run.method == "prokd" and n_snapshots == 0:
         raise ValueError(f"prokd needs the teacher's training checkpoints; {run.teacher_dir} has none")
 
-    # -- state: everything a resumed run needs ---------------------------------------------------
+    # -- state: everything a resumed run needs (its model and optimizer: begin_stage) --------------
     total_epochs = sum(s.epochs for s in stages)
     state: dict[str, Any] = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "best_weights": None,
                              "stage_best": -math.inf, "stage_weights": None, "history": []}
@@ -247,28 +294,15 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
         snapshot_epochs = set()
 
     # DDP copies rank 0's parameters and buffers to every rank here: one model from the start
+    model = sync_batchnorm(model, device)
     wrapped = nn.parallel.DistributedDataParallel(model) if ranks > 1 else model
-    optimizer = scheduler = None
     epoch0 = 0
     for stage in stages:
         stage_range = range(epoch0, epoch0 + stage.epochs)
         epoch0 += stage.epochs
         if state["epoch"] >= stage_range.stop:
             continue  # finished before a resume
-        if state["epoch"] == stage_range.start:
-            if stage.number == 2 and state["stage_weights"] is not None and run.method in ("annealing", "prokd"):
-                unwrap(wrapped).load_state_dict(state["stage_weights"])  # stage II from best stage I
-                broadcast_state(unwrap(wrapped))
-            state["stage_best"], state["stage_weights"] = -math.inf, None
-        steps = stage.epochs * batches_per_epoch(len(task.train), train.batch_size)
-        optimizer = make_optimizer(wrapped, train, device)  # fresh per stage, as the paper does
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train, steps))
-        if resume is not None and state["epoch"] > stage_range.start:  # resumed mid-stage
-            unwrap(wrapped).load_state_dict(resume["model"])
-            broadcast_state(unwrap(wrapped))
-            optimizer.load_state_dict(resume["optimizer"])
-            scheduler.load_state_dict(resume["scheduler"])
-        resume = None
+        optimizer, scheduler = begin_stage(run, stage, stage_range, state, wrapped, len(task.train), device, resume)
 
         for epoch in range(state["epoch"], stage_range.stop):
             # -- train one epoch -------------------------------------------------------------------
@@ -340,7 +374,10 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
     best = unwrap(wrapped)
     best.load_state_dict(state["best_weights"])
     broadcast_state(best)
-    test = evaluate(best, task, task.test, device, train.eval_batch_size, autocast)
+    test_logits = predict(best, task, task.test, device, train.eval_batch_size, autocast)
+    test = evaluate(best, task, task.test, device, train.eval_batch_size, autocast, test_logits)
+    if predictions_file is not None and is_chief():
+        save_predictions(predictions_file, test_logits, task.test.labels, task.is_regression)
     result = {"best_epoch": state["best_epoch"], "val_best": state["best"],
               **{f"test_{k}": v for k, v in test.items()}, "test_metric": test[task.metric],
               "student_parameters": num_parameters(best)}

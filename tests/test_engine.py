@@ -163,3 +163,16 @@ def test_length_buckets_are_a_seeded_shuffle_of_every_row_that_pads_little():
         return 1 - float(lengths.sum()) / sum(len(b) * int(lengths[b].max()) for b in batches)
 
     assert padding(first) < 0.1 < 0.3 < padding(epoch_order(5000, 1, 0, 64))  # vs a uniform shuffle
+
+
+def test_the_best_model_s_test_predictions_are_saved_per_example(teacher_dir, tmp_path):
+    import numpy as np
+
+    run = student_run(teacher_dir, "kd", tmp_path, epochs=2)
+    result = run_distillation(run, predictions_file=tmp_path / "predictions.npz")
+    saved = np.load(tmp_path / "predictions.npz")
+    test = load_task(TASK).test
+    assert saved["pred"].shape == saved["label"].shape == (len(test),)
+    assert np.array_equal(saved["label"], test.labels.numpy())
+    # the file is the run's test verdict, example by example: its accuracy is the reported one
+    assert math.isclose((saved["pred"] == saved["label"]).mean(), result["test_accuracy"], abs_tol=1e-9)

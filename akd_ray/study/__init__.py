@@ -24,7 +24,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "layout": ("Layout", "METRIC", "MODE", "IDENTITY", "STATE_FILE", "STUDENT_DIR"),
+    "layout": ("Layout", "METRIC", "MODE", "IDENTITY", "STATE_FILE", "STUDENT_DIR", "PREDICTIONS_FILE"),
     "signals": ("Interrupted", "Signals"),
     "cluster": ("check_resources",),
     "scheduler": ("GroupedHalving", "TWO_STAGE", "group_of", "rung_time"),

@@ -11,6 +11,7 @@ METRIC, MODE = "val_best", "max"  # best-so-far validation metric: what searcher
 IDENTITY = ("teacher", "student", "method", "phase", "seed")  # fixed per trial, never searched
 STATE_FILE = "state.pt"  # a trial's resumable state, in each of its checkpoints
 STUDENT_DIR = "student"  # the trained student, in a finished trial's checkpoint
+PREDICTIONS_FILE = "predictions.npz"  # its per-example test predictions, beside it (the report's bootstrap)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from akd_ray.capacity import COST, smallest_within
 from akd_ray.config import Study
 from akd_ray.preflight import budgets
 from akd_ray.study.cluster import check_resources
-from akd_ray.study.layout import IDENTITY, METRIC, MODE, STUDENT_DIR, Layout
+from akd_ray.study.layout import IDENTITY, METRIC, MODE, PREDICTIONS_FILE, STUDENT_DIR, Layout
 from akd_ray.study.scheduler import GroupedHalving
 from akd_ray.study.search import Points, searcher_for
 from akd_ray.study.signals import Interrupted, Signals
@@ -77,6 +77,9 @@ def trial_rows(grid: tune.ResultGrid) -> list[dict]:
     for result in grid:
         m, config = result.metrics or {}, result.config or {}
         finished = bool(m.get("final"))
+        # Train-wrapped trials hand Tune the path of the Train checkpoint (TuneReportCallback)
+        checkpoint = (m.get("checkpoint_path") or (result.checkpoint.path if result.checkpoint else None)) if finished else None
+        predictions = Path(checkpoint) / PREDICTIONS_FILE if checkpoint else None
         rows.append({
             **{k: config.get(k) for k in IDENTITY},
             "params": {k: v for k, v in config.items() if k not in IDENTITY},
@@ -86,9 +89,8 @@ def trial_rows(grid: tune.ResultGrid) -> list[dict]:
             "finished": finished,
             "stopped": not finished and not result.error,  # by early stopping
             "error": str(result.error) if result.error else None,
-            # Train-wrapped trials hand Tune the path of the Train checkpoint (TuneReportCallback)
-            "checkpoint": (m.get("checkpoint_path") or (result.checkpoint.path if result.checkpoint else None))
-                          if finished else None,
+            "checkpoint": checkpoint,
+            "predictions": str(predictions) if predictions and predictions.exists() else None,
         })
     return rows
 

@@ -19,7 +19,7 @@ from akd_ray.capacity import COST
 from akd_ray.config import RunConfig, Study, TrainSpec
 from akd_ray.space import STUDENT, student_values
 from akd_ray.study.faults import inject_fault
-from akd_ray.study.layout import IDENTITY, METRIC, STATE_FILE, STUDENT_DIR, Layout
+from akd_ray.study.layout import IDENTITY, METRIC, PREDICTIONS_FILE, STATE_FILE, STUDENT_DIR, Layout
 
 
 def run_config(study: Study, config: dict[str, Any], teacher_dirs: dict[str, Path]) -> RunConfig:
@@ -78,7 +78,8 @@ def fit(run: RunConfig, report: Callable, get_checkpoint: Callable, checkpoint_c
 
     with tempfile.TemporaryDirectory() as d:
         result = run_distillation(run, on_epoch=on_epoch, resume=resume,
-                                  save_dir=Path(d) / STUDENT_DIR if is_chief else None)
+                                  save_dir=Path(d) / STUDENT_DIR if is_chief else None,
+                                  predictions_file=Path(d) / PREDICTIONS_FILE if is_chief else None)
         final = {**result, "final": 1, METRIC: result["val_best"], "node_id": node_id,
                  COST: result.get("student_latency_ms", result["student_parameters"])}
         if is_chief:
