@@ -354,7 +354,8 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
                 save_model(unwrap(wrapped), run.student_model, snapshot_dir(save_dir, sorted(snapshot_epochs).index(epoch)),
                            task)
 
-            metrics = {"epoch": epoch, "stage": stage.number, "stage_epoch": stage_epoch, "train_loss": train_loss,
+            metrics = {"epoch": epoch, "stage": stage.number, "stage_epoch": stage_epoch, "stage_epochs": stage.epochs,
+                       "stage_best": state["stage_best"], "train_loss": train_loss,
                        "lr": scheduler.get_last_lr()[0], "epoch_seconds": seconds,
                        "samples_per_second": len(batches) * train.batch_size / seconds,
                        **{f"val_{k}": v for k, v in val.items()},

@@ -24,10 +24,10 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "layout": ("Layout", "METRIC", "MODE", "IDENTITY", "STATE_FILE", "STUDENT_DIR", "PREDICTIONS_FILE"),
+    "layout": ("Layout", "METRIC", "MODE", "STAGE_BEST", "IDENTITY", "STATE_FILE", "STUDENT_DIR", "PREDICTIONS_FILE"),
     "signals": ("Interrupted", "Signals"),
     "cluster": ("check_resources",),
-    "scheduler": ("GroupedHalving", "TWO_STAGE", "group_of", "rung_time"),
+    "scheduler": ("GroupedHalving", "TWO_STAGE", "group_of", "progress"),
     "search": ("PairedSearch", "FamilySearch", "Points", "searcher_for"),
     "trial": ("fit", "run_config", "student_model"),  # the trainable itself: akd_ray.study.trial.trial
     "faults": ("FAULTS_ENV", "inject_fault"),

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from akd_ray.config import Study
 
-METRIC, MODE = "val_best", "max"  # best-so-far validation metric: what searchers and early stopping read
+METRIC, MODE = "val_best", "max"  # best-so-far validation metric: what the searchers read
+STAGE_BEST = "stage_best"  # best validation metric within the current stage: what early stopping reads
 IDENTITY = ("teacher", "student", "method", "phase", "seed")  # fixed per trial, never searched
 STATE_FILE = "state.pt"  # a trial's resumable state, in each of its checkpoints
 STUDENT_DIR = "student"  # the trained student, in a finished trial's checkpoint
