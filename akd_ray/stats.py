@@ -172,7 +172,23 @@ def holm(pvalues, alpha: float = 1 - LEVEL) -> Holm:
 # ---------------------------------------------------------------------------------------- bootstrap
 def paired_bootstrap(pred_a, pred_b, labels, metric: str, level: float = LEVEL,
                      resamples: int = BOOTSTRAP_RESAMPLES, rng=None) -> Difference:
-    """Paired bootstrap over seeds AND test examples of mean_s M(a_s) - mean_s M(b_s).
+    """Paired bootstrap over seeds AND test examples of mean_s M(a_s) - mean_s M(b_s): the estimate on
+    the full data, the percentile interval at `level` and the two-sided p-value of the resampled
+    differences (see `bootstrap_differences`, `percentile_interval`, `bootstrap_pvalue`).
+
+    Identical predictions give [0, 0] and p = 1; a smaller test set gives a wider interval.
+    """
+    diffs = bootstrap_differences(pred_a, pred_b, labels, metric, resamples, rng)
+    a, b = np.atleast_2d(np.asarray(pred_a)), np.atleast_2d(np.asarray(pred_b))
+    full = np.ones((1, a.shape[1]))
+    estimate = float(_metric(a, np.asarray(labels), full, metric).mean() - _metric(b, np.asarray(labels), full, metric).mean())
+    low, high = percentile_interval(diffs, level)
+    return Difference(estimate, low, high, bootstrap_pvalue(diffs), a.shape[0], "paired bootstrap")
+
+
+def bootstrap_differences(pred_a, pred_b, labels, metric: str, resamples: int = BOOTSTRAP_RESAMPLES,
+                          rng=None) -> np.ndarray:
+    """(resamples,): the difference mean_s M(a_s) - mean_s M(b_s) under each bootstrap resample.
 
     `pred_a`, `pred_b`: (seeds x examples) per-example predictions of two methods, row s of both from
     the same seed; `labels`: (examples,). Each resample draws S seeds with replacement, then N examples
@@ -180,13 +196,9 @@ def paired_bootstrap(pred_a, pred_b, labels, metric: str, level: float = LEVEL,
     the task, the seeds another: a crossed two-way resampling) -- and recomputes each method's metric
     averaged over the drawn seeds. Vectorised: the example draw is a multinomial count vector w, so
     every metric comes from weighted sums (accuracy Σ w·1[ŷ=y] / N; F1 and MCC from weighted
-    tp/fp/fn/tn; Pearson from weighted moments).
-
-    Returns the percentile interval (Efron & Tibshirani 1993, ch. 13) of the difference at `level` and
-    the two-sided p-value 2·min(P*(d ≤ 0), P*(d ≥ 0)) with the +1 correction of Davison & Hinkley
-    (1997, ch. 4), so Holm can be applied. Identical predictions give [0, 0] and p = 1; a smaller
-    test set gives a wider interval. Reference: Koehn (2004) "Statistical significance tests for
-    machine translation evaluation"; Bouthillier et al. (2021) "Accounting for variance in ML benchmarks".
+    tp/fp/fn/tn; Pearson from weighted moments). Seeded by `rng` (an int or a numpy Generator).
+    Reference: Koehn (2004) "Statistical significance tests for machine translation evaluation";
+    Bouthillier et al. (2021) "Accounting for variance in machine learning benchmarks".
     """
     a, b = np.atleast_2d(np.asarray(pred_a)), np.atleast_2d(np.asarray(pred_b))
     y = np.asarray(labels)
@@ -197,7 +209,6 @@ def paired_bootstrap(pred_a, pred_b, labels, metric: str, level: float = LEVEL,
         raise ValueError(f"paired_bootstrap: predictions {a.shape} and {b.shape} must both be (seeds, {len(y)} examples)")
     rng = np.random.default_rng(rng)
     seeds, n = a.shape
-    estimate = float(_metric(a, y, np.ones((1, n)), metric).mean() - _metric(b, y, np.ones((1, n)), metric).mean())
     diffs = np.empty(resamples)
     chunk = max(1, _CHUNK_CELLS // max(n, seeds))
     for start in range(0, resamples, chunk):
@@ -206,13 +217,26 @@ def paired_bootstrap(pred_a, pred_b, labels, metric: str, level: float = LEVEL,
         w = _example_counts(rng, n, k)
         ma, mb = _metric(a, y, w, metric), _metric(b, y, w, metric)  # (S, k)
         diffs[start:start + k] = ((ma - mb) * seed_counts.T).sum(0) / seeds
+    return diffs
+
+
+def percentile_interval(diffs, level: float = LEVEL) -> tuple[float, float]:
+    """The bootstrap percentile interval: the (1-level)/2 and (1+level)/2 quantiles of the resampled
+    statistic. Reference: Efron & Tibshirani (1993), An Introduction to the Bootstrap, ch. 13."""
     tail = (1 - level) / 2
-    low, high = np.quantile(diffs, [tail, 1 - tail])
-    if np.all(diffs == diffs[0]):  # e.g. identical predictions: no spread, no evidence either way
-        p = 1.0 if diffs[0] == 0 else 0.0
-    else:
-        p = min(1.0, 2 * (1 + min((diffs <= 0).sum(), (diffs >= 0).sum())) / (resamples + 1))
-    return Difference(estimate, float(low), float(high), float(p), seeds, "paired bootstrap")
+    low, high = np.quantile(np.asarray(diffs, dtype=float), [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_pvalue(diffs) -> float:
+    """Two-sided p-value of "no difference" from the resampled differences d*:
+    min(1, 2·(1 + min(#{d* ≤ 0}, #{d* ≥ 0})) / (B + 1)) -- the percentile interval at level 1 - p just
+    reaches 0; the +1 keeps p > 0 (Davison & Hinkley 1997, Bootstrap Methods, ch. 4). No spread at all
+    (e.g. identical predictions): 1 when d* = 0, else 0."""
+    d = np.asarray(diffs, dtype=float)
+    if np.all(d == d[0]):
+        return 1.0 if d[0] == 0 else 0.0
+    return float(min(1.0, 2 * (1 + min((d <= 0).sum(), (d >= 0).sum())) / (len(d) + 1)))
 
 
 def _metric(pred: np.ndarray, y: np.ndarray, w: np.ndarray, metric: str) -> np.ndarray:
