@@ -286,11 +286,11 @@ def _notes(study: Study, v: Verdict, quality: dict[str, dict] | None, lead: bool
         notes.append(f"all methods at {_size_text(v.size)}" + (f" ({v.student_parameters:,} parameters)"
                                                                if v.student_parameters else ""))
     for m, r in v.methods.items():
-        if not r.n:
-            notes.append(f"{NAMES[m]} has no finished run ({r.failed} failed, {r.stopped} stopped early): "
+        if lead and r.run and not r.confirmed:
+            notes.append(f"{NAMES[m]} has no finished confirmation run ({r.run} run, none finished): "
                          "it is missing from the comparison")
-        elif lead and not r.confirmed:
-            notes.append(f"{NAMES[m]} has no finished confirmation run ({r.run} run, all failed): "
+        elif not r.n:
+            notes.append(f"{NAMES[m]} has no finished run ({r.failed} failed, {r.stopped} stopped early): "
                          "it is missing from the comparison")
     if any(not r.confirmed for r in v.methods.values()) and lead and v.best:
         notes.append("whether distillation helps cannot be said until every method has a finished run")
