@@ -259,3 +259,14 @@ def test_search_trials_one_number_is_an_equal_budget_and_a_mapping_may_be_unequa
     assert unequal.unequal_budgets(searched=["kd"]) is None
     v = judge(unequal, "big", "small", rows_for("small", AHEAD))
     assert "unequal budgets: scratch 1, kd 2, annealing 4" in v.text and v.methods["annealing"].budget == 4
+
+
+def test_statistics_are_pure_and_report_and_capacity_do_not_import_each_other():
+    import subprocess
+    import sys
+
+    code = ("import sys, akd_ray.stats; assert not [m for m in sys.modules if m.startswith('akd_ray.') "
+            "and m != 'akd_ray.stats'], 'stats imports akd_ray'; import akd_ray.capacity; "
+            "assert 'akd_ray.report' not in sys.modules and 'akd_ray.verdict' not in sys.modules, 'capacity -> report'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
