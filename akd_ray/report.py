@@ -83,7 +83,8 @@ def summary(study: Study, table: list[Verdict], quality: dict[str, dict]) -> str
             score = (f"val {_mean(best.val)}, test {_fmt(best)} [{_interval(best.low, best.high)}], "
                      f"{best.finished}/{best.run} seeds" if best.confirmed else f"val {_mean(best.val)}, search only")
             scratch = v.methods.get("scratch")
-            vs = f"; scratch val {_mean(scratch.val)}, test {_fmt(scratch)}" if scratch and scratch.n and v.best != "scratch" else ""
+            vs = (f"; scratch val {_mean(scratch.val)}, test {_fmt(scratch)}"
+                  if scratch and scratch.n and v.best != "scratch" else "")
             name = describe(v.best, best.config)
             pick = (f"use {name} ({score}{vs})" if v.decided else
                     f"no method is clearly better; cheapest within noise on validation: {name} ({score}{vs})"
@@ -139,10 +140,10 @@ def csv_rows(study: Study, table: list[Verdict], quality: dict[str, dict]) -> li
                         f"{m}_ci_high": r.high, f"{m}_seeds": r.finished, f"{m}_seeds_run": r.run,
                         f"{m}_budget": r.budget, f"{m}_trials": r.trials})
             d = v.comparisons.get(m)
-            row.update({f"best_minus_{m}": d.estimate if d else math.nan, f"best_minus_{m}_ci_low": d.low if d else math.nan,
-                        f"best_minus_{m}_ci_high": d.high if d else math.nan,
-                        f"best_minus_{m}_level": v.levels.get(m, math.nan), f"best_minus_{m}_p_holm": d.pvalue if d else math.nan,
-                        f"best_minus_{m}_test": d.test if d else ""})
+            nan = math.nan
+            row.update({f"best_minus_{m}": d.estimate if d else nan, f"best_minus_{m}_ci_low": d.low if d else nan,
+                        f"best_minus_{m}_ci_high": d.high if d else nan, f"best_minus_{m}_level": v.levels.get(m, nan),
+                        f"best_minus_{m}_p_holm": d.pvalue if d else nan, f"best_minus_{m}_test": d.test if d else ""})
         out.append(row)
     return out
 

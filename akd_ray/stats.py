@@ -181,7 +181,8 @@ def paired_bootstrap(pred_a, pred_b, labels, metric: str, level: float = LEVEL,
     diffs = bootstrap_differences(pred_a, pred_b, labels, metric, resamples, rng)
     a, b = np.atleast_2d(np.asarray(pred_a)), np.atleast_2d(np.asarray(pred_b))
     full = np.ones((1, a.shape[1]))
-    estimate = float(_metric(a, np.asarray(labels), full, metric).mean() - _metric(b, np.asarray(labels), full, metric).mean())
+    y = np.asarray(labels)
+    estimate = float(_metric(a, y, full, metric).mean() - _metric(b, y, full, metric).mean())
     low, high = percentile_interval(diffs, level)
     return Difference(estimate, low, high, bootstrap_pvalue(diffs), a.shape[0], "paired bootstrap")
 
@@ -206,7 +207,8 @@ def bootstrap_differences(pred_a, pred_b, labels, metric: str, resamples: int = 
         raise ValueError(f"paired_bootstrap: metric {metric!r} is not supported; valid: {', '.join(BOOTSTRAP_METRICS)} "
                          f"(a rank metric such as spearman re-ranks every resample: use the paired t-interval)")
     if a.shape != b.shape or a.shape[1] != len(y):
-        raise ValueError(f"paired_bootstrap: predictions {a.shape} and {b.shape} must both be (seeds, {len(y)} examples)")
+        raise ValueError(f"paired_bootstrap: predictions {a.shape} and {b.shape} must both be "
+                         f"(seeds, {len(y)} examples)")
     rng = np.random.default_rng(rng)
     seeds, n = a.shape
     diffs = np.empty(resamples)

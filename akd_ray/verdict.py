@@ -255,8 +255,8 @@ def judge(study: Study, teacher: str, student: str, rows: list[dict],
                 f"search.confirm_seeds >= {MIN_SEEDS})")
     elif len(verdict.tied) == 1:
         verdict.decided = not missing
-        text = ("scratch is best on validation: distillation does not help this pair" if best == "scratch" and not missing
-                else f"{head} is best on validation, ahead of every other method")
+        text = (f"{head} is best on validation, ahead of every other method" if best != "scratch" or missing
+                else "scratch is best on validation: distillation does not help this pair")
     else:
         others = ", ".join(NAMES[m] for m in verdict.tied if m != best)
         text = (f"no method is clearly better on validation: {NAMES[best]} cannot be told from {others}; "
