@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scipy import stats
+from scipy import stats  # the t quantile of the trend plot's band
 
 from akd_ray.config import Study
+from akd_ray.stats import LEVEL, mean_interval, slope_interval
 
 COST = "student_cost"  # a family trial's second objective (study.fit): parameters, or latency in ms
-LEVEL = 0.95
 MIN_SEEDS = 3
 MIN_TRIALS_FOR_IMPORTANCE = 4  # fANOVA's forest on fewer points says nothing
 MARKERS = {"scratch": "s", "kd": "^", "takd": "v", "annealing": "o", "prokd": "D"}
@@ -72,8 +72,6 @@ class WithinPick:
 
 
 def within_picks(study: Study, rows: list[dict], quality: dict[str, dict]) -> list[WithinPick]:
-    from akd_ray.report import mean_interval
-
     out = []
     for teacher, _ in study.pairs:
         q = quality.get(teacher)
@@ -136,9 +134,8 @@ def tau_trend(study: Study, rows: list[dict], teacher: str, method: str = "annea
         trend.intercept = y[0]
         trend.text = f"the best tau_max is {y[0]:g} at every size searched"
         return trend
-    fit = stats.linregress(x, y)
-    half = stats.t.ppf((1 + LEVEL) / 2, len(points) - 2) * fit.stderr
-    trend.slope, trend.intercept, trend.low, trend.high = fit.slope, fit.intercept, fit.slope - half, fit.slope + half
+    fit = slope_interval(x, y, LEVEL)
+    trend.slope, trend.intercept, trend.low, trend.high = fit.slope, fit.intercept, fit.low, fit.high
     ci = f"{trend.slope:+.2f} per 10x parameters (95% CI {trend.low:+.2f}…{trend.high:+.2f}, {len(points)} sizes)"
     if trend.high < 0:
         trend.text = f"smaller students want a higher tau_max: {ci}"
@@ -289,7 +286,7 @@ def _pareto_plots(study: Study, rows: list[dict], folder: Path, cost_name: str) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from akd_ray.report import _save
+    from akd_ray.figures import save as _save
 
     files = []
     for teacher, _ in study.pairs:
@@ -319,7 +316,7 @@ def _tau_plot(trends: list[TauTrend], folder: Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from akd_ray.report import _save
+    from akd_ray.figures import save as _save
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for t in trends:
@@ -351,7 +348,7 @@ def _importance_plot(imp: dict[tuple[str, str], dict[str, float]], folder: Path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from akd_ray.report import _save
+    from akd_ray.figures import save as _save
 
     groups = list(imp.items())
     fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(4 * max(1, len(groups)), 3.5), squeeze=False)

@@ -12,7 +12,7 @@ import difflib
 import os
 import re
 import shlex
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import UnionType
@@ -25,6 +25,7 @@ from akd_ray.method.schedules import SHAPES, stage_split, step_period
 
 METHODS = ("scratch", "kd", "takd", "annealing", "prokd")
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+EQUAL_BUDGET_METHODS = ("scratch", "kd", "annealing")  # what `search.trials: <n>` searches, n trials each
 TASKS = ("digits", "cifar10", "cifar100") + tuple(f"glue/{t}" for t in GLUE_TASKS)
 
 
@@ -140,8 +141,9 @@ class TeacherSpec(Frozen):
 class SearchSpec(Frozen):
     space: Path = Field(description="search_spaces/*.yaml, relative to the study file")
     trials: dict[Literal[METHODS], Annotated[int, Field(ge=1)]] = Field(  # type: ignore[valid-type]
-        description="Optuna trials per teacher-student pair and method; a method with no "
-                                  "searched parameter runs once")
+        description="Optuna trials per teacher-student pair and method: one number gives scratch, KD and "
+                    "Annealing-KD that budget each (equal tuning effort, what a fair comparison needs); a "
+                    "mapping names each method's own; a method with no searched parameter runs once")
     scheduler: Literal["none", "asha"] = Field(
         "none", description="asha: successive halving within each (teacher, student, method) group; "
                             "two-stage methods are compared on stage-II epochs only")
@@ -155,6 +157,13 @@ class SearchSpec(Frozen):
                                                     "each seed with its own init, batch order and "
                                                     "augmentation; the verdict needs at least 3")
 
+    @field_validator("trials", mode="before")
+    @classmethod
+    def _one_budget(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return {m: v for m in EQUAL_BUDGET_METHODS}
+        return v
+
     @field_validator("trials")
     @classmethod
     def _some_method(cls, v: dict) -> dict:
@@ -166,6 +175,15 @@ class SearchSpec(Frozen):
     @property
     def methods(self) -> tuple[str, ...]:
         return tuple(m for m in METHODS if m in self.trials)
+
+    def unequal_budgets(self, searched: Iterable[str] | None = None) -> str | None:
+        """A warning when the methods (those in `searched`: the ones with a searched parameter; default
+        all) get different numbers of trials, else None: a lead could then be tuning effort."""
+        budgets = {m: n for m, n in self.trials.items() if searched is None or m in set(searched)}
+        if len(set(budgets.values())) <= 1:
+            return None
+        return ("unequal budgets: " + ", ".join(f"{m} {n}" for m, n in budgets.items()) + " search trials per pair "
+                "(a method's lead may partly be tuning effort; give search.trials one number)")
 
 
 class Resources(Frozen):
@@ -287,6 +305,10 @@ class Study(Frozen):
             if t.prepare == "load" and t.path is None and t.model.kind != "hf":
                 raise ValueError(f"teachers.{name}: prepare: load needs `path` to a trained model")
         return self
+
+    def unequal_budgets(self, searched: Iterable[str] | None = None) -> str | None:
+        """"unequal budgets: ..." when the methods get different search budgets (see SearchSpec), else None."""
+        return self.search.unequal_budgets(searched)
 
     @property
     def pairs(self) -> list[tuple[str, str]]:

@@ -379,7 +379,7 @@ def test_cli_validate_quickstart():
     result = runner.invoke(app, ["validate", str(REPO / "studies" / "quickstart.yaml")])
     assert result.exit_code == 0, result.output
     assert "quickstart.yaml: valid" in result.stdout
-    assert "2 pair(s) x (scratch 1 + kd 2 + annealing 4) = 14 trials, 30 epochs" in result.stdout
+    assert "2 pair(s) x (scratch 2 + kd 2 + annealing 2) = 12 trials, 30 epochs" in result.stdout
     assert result.stderr == ""
 
 

@@ -1,0 +1,339 @@
+"""The verdict per teacher-student pair: which method and config to use, chosen on validation, with the
+test split only reported.
+
+Input: the study's trial rows (akd_ray.study.trial_rows) and the teachers' assessment. Per method the
+config is its best search trial by validation; the confirmation runs re-run it over fresh seeds. The
+recommended method has the best validation mean over those seeds, unless the other methods cannot be
+told from it on validation (paired t-test by seed, Holm-corrected over the best-vs-each comparisons):
+then the cheapest of the tied ones (scratch, then KD, then the others) is recommended and the verdict
+says no method is clearly better. On test, the recommended method is compared with each other one by a
+paired bootstrap over seeds and test examples (each run's per-example predictions), Holm-corrected;
+runs without predictions fall back to the paired t-interval over seeds. Each method keeps its own
+t-interval of the test mean. Failed seeds, methods with no finished run, a teacher no better than the
+scratch student and (in a family study) the one student size compared are named in the text.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from akd_ray import stats
+from akd_ray.config import Study
+
+MIN_SEEDS = 3  # below this a 95% interval is too wide to say anything (t = 4.3 at n = 3)
+NAMES = {"scratch": "scratch", "kd": "KD", "takd": "TAKD", "annealing": "Annealing-KD", "prokd": "Pro-KD"}
+CHEAPEST_FIRST = ("scratch", "kd", "annealing", "takd", "prokd")  # what a tie on validation recommends
+# the knobs that define each method's recipe, in the order a reader wants them
+KNOBS = {"scratch": ("lr",), "kd": ("alpha", "kd_temperature", "lr"), "takd": ("alpha", "kd_temperature", "lr"),
+         "annealing": ("tau_max", "schedule", "decay", "stage1_fraction", "lr"),
+         "prokd": ("tau_max", "schedule", "decay", "stage1_fraction", "lr")}
+STUDENT = "student."
+SELECTION = "paired t-test on validation by seed"
+TEST = "paired bootstrap over seeds and test examples"
+
+
+@dataclass
+class MethodResult:
+    """One method of one pair: its best searched config and that config over the confirmation seeds."""
+    method: str
+    config: dict[str, Any]
+    values: list[float]  # test metric per finished confirmation seed (the search's best trial if none ran)
+    confirmed: bool  # some confirmation seed finished
+    trials: int  # search trials
+    stopped: int
+    failed: int  # search and confirmation trials that raised
+    val: float  # validation mean over the finished confirmation seeds, else the search's best
+    budget: int = 0  # search.trials for this method
+    seeds: dict[int, dict] = field(default_factory=dict)  # finished confirmation rows by seed
+    run: int = 0  # confirmation seeds run, finished or not
+    mean: float = field(init=False)
+    std: float = field(init=False)
+    low: float = field(init=False)
+    high: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.mean, self.std, self.low, self.high = stats.mean_interval(self.values)
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def finished(self) -> int:
+        return len(self.seeds)
+
+
+@dataclass
+class Verdict:
+    teacher: str
+    student: str
+    methods: dict[str, MethodResult]
+    best: str | None  # the recommended method (chosen on validation)
+    decided: bool  # it is ahead of every other method on validation beyond noise, and nothing is missing
+    text: str
+    differences: dict[str, tuple[float, float, float]]  # on test: other -> (best - other, low, high)
+    student_parameters: int | None
+    comparisons: dict[str, stats.Difference] = field(default_factory=dict)  # on test, Holm-adjusted p
+    levels: dict[str, float] = field(default_factory=dict)  # each test interval's confidence level (Holm)
+    tied: list[str] = field(default_factory=list)  # methods that cannot be told from the best on validation
+    size: dict[str, Any] = field(default_factory=dict)  # a family study: the student size every method ran at
+
+
+# ---------------------------------------------------------------------------------------- one method
+def _size(row: dict) -> dict[str, Any]:
+    return {k: v for k, v in row["params"].items() if k.startswith(STUDENT)}
+
+
+def _key(params: dict) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def method_result(study: Study, rows: list[dict], method: str, size: dict | None = None) -> MethodResult:
+    """`rows`: one pair's. `size`: a family study's student size (its `student.<field>` params): only the
+    search trials and confirmation runs at that size are the method's pick."""
+    mine = [r for r in rows if r["method"] == method]
+    search = [r for r in mine if r["phase"] == "search"]
+    done = [r for r in search if r.get("finished") and (size is None or _size(r) == size)]
+    best = max(done, key=lambda r: r["val_best"]) if done else None
+    confirm = [r for r in mine if r["phase"] == "confirm" and (size is None or _size(r) == size)]
+    groups: dict[str, list[dict]] = {}
+    for r in confirm:
+        groups.setdefault(_key(r["params"]), []).append(r)
+    if len(groups) > 1:  # e.g. a family's within-X pick at this size beside the method's own best config
+        pick = _key(best["params"]) if best and _key(best["params"]) in groups else max(
+            groups, key=lambda k: (sum(bool(r.get("finished")) for r in groups[k]),
+                                   np.mean([r["val_best"] for r in groups[k] if r.get("finished")] or [-1])))
+        confirm = groups[pick]
+    finished = {r["seed"]: r for r in confirm if r.get("finished")}
+    params = next(iter(confirm), best or {"params": {}})["params"]
+    if confirm:
+        values, val = [r["test_metric"] for r in finished.values()], _mean([r["val_best"] for r in finished.values()])
+    else:
+        values, val = ([best["test_metric"]] if best else []), (best["val_best"] if best else math.nan)
+    return MethodResult(method, recipe(study, method, params), values, bool(finished), trials=len(search),
+                        stopped=sum(bool(r.get("stopped")) for r in search),
+                        failed=sum(bool(r.get("error")) for r in mine), val=val,
+                        budget=study.search.trials.get(method, 0), seeds=finished, run=len(confirm))
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else math.nan
+
+
+def recipe(study: Study, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The method's full config: its knobs (searched values, else the study's defaults), then anything
+    else the search set."""
+    train = study.train.model_dump()
+    out = {k: params.get(k, train[k]) for k in KNOBS[method]}
+    if out.get("schedule", "exp") != "exp":
+        out.pop("decay", None)
+    return {**out, **{k: v for k, v in params.items() if k not in out and k != "decay"}}
+
+
+# ---------------------------------------------------------------------------------------- comparisons
+def compare_on_validation(results: dict[str, MethodResult], best: str) -> dict[str, stats.Difference]:
+    """best - other of the validation metric, paired by seed, Holm-adjusted p-values."""
+    out = {m: stats.paired_interval(*_paired(results[best], r, "val_best")) for m, r in results.items() if m != best}
+    return _holm(out)
+
+
+def compare_on_test(study: Study, results: dict[str, MethodResult], best: str
+                    ) -> tuple[dict[str, stats.Difference], dict[str, float]]:
+    """best - other of the test metric: the paired bootstrap over seeds and test examples where both
+    methods saved every common seed's predictions, else the paired t-interval over seeds; Holm-adjusted
+    p-values, each interval at its Holm level. Returns the differences and their confidence levels."""
+    metric = _metric_name(study)
+    raw, dists = {}, {}
+    for m, r in results.items():
+        if m == best:
+            continue
+        common = sorted(set(results[best].seeds) & set(r.seeds))
+        preds = _predictions(results[best], r, common) if metric in stats.BOOTSTRAP_METRICS else None
+        if preds is None:
+            raw[m] = stats.paired_interval(*_paired(results[best], r, "test_metric"))
+        else:
+            dists[m] = stats.bootstrap_differences(*preds, metric, rng=study.seed)
+            full = stats.paired_interval(*_paired(results[best], r, "test_metric"))  # the estimate on all examples
+            raw[m] = stats.Difference(full.estimate, math.nan, math.nan, stats.bootstrap_pvalue(dists[m]),
+                                      len(common), "paired bootstrap")
+    adjusted = _holm(raw)
+    levels = {m: 1 - a for m, a in zip(raw, stats.holm([d.pvalue for d in raw.values()]).alpha)}
+    out = {}
+    for m, d in adjusted.items():
+        if m in dists:
+            low, high = stats.percentile_interval(dists[m], levels[m])
+        else:
+            low, high = stats.paired_interval(*_paired(results[best], results[m], "test_metric"), levels[m])[1:3]
+        out[m] = d._replace(low=low, high=high)
+    return out, levels
+
+
+def _holm(diffs: dict[str, stats.Difference]) -> dict[str, stats.Difference]:
+    if not diffs:
+        return {}
+    h = stats.holm([d.pvalue for d in diffs.values()])
+    return {m: d._replace(pvalue=float(p)) for (m, d), p in zip(diffs.items(), h.adjusted)}
+
+
+def _paired(a: MethodResult, b: MethodResult, key: str) -> tuple[list[float], list[float]]:
+    common = sorted(set(a.seeds) & set(b.seeds))
+    return [a.seeds[s][key] for s in common], [b.seeds[s][key] for s in common]
+
+
+def _predictions(a: MethodResult, b: MethodResult, seeds: list[int]) -> tuple | None:
+    """(pred_a, pred_b, labels) of the common seeds, or None when any run lacks a predictions file or
+    the runs disagree on the test split."""
+    if len(seeds) < 2:
+        return None
+    preds, labels = {"a": [], "b": []}, None
+    for who, r in (("a", a), ("b", b)):
+        for s in seeds:
+            path = r.seeds[s].get("predictions")
+            if not path or not Path(path).exists():
+                return None
+            with np.load(path) as f:
+                pred, label = f["pred"], f["label"]
+            if labels is None:
+                labels = label
+            elif label.shape != labels.shape or not np.array_equal(label, labels):
+                return None
+            preds[who].append(pred)
+    return np.stack(preds["a"]), np.stack(preds["b"]), labels
+
+
+def _metric_name(study: Study) -> str:
+    from akd_ray.tasks.metrics import primary_metric
+
+    return primary_metric(study.task.name)
+
+
+# ---------------------------------------------------------------------------------------- one pair
+def family_size(rows: list[dict]) -> dict[str, Any]:
+    """A family pair's student size: that of its best finished search trial (by validation) -- the size
+    every method's confirmation runs at."""
+    done = [r for r in rows if r["phase"] == "search" and r.get("finished")]
+    return _size(max(done, key=lambda r: r["val_best"])) if done else {}
+
+
+def judge(study: Study, teacher: str, student: str, rows: list[dict],
+          quality: dict[str, dict] | None = None) -> Verdict:
+    mine = [r for r in rows if (r["teacher"], r["student"]) == (teacher, student)]
+    size = family_size(mine) if study.family is not None else {}
+    results = {m: method_result(study, mine, m, size or None) for m in study.search.methods}
+    at_size = [r for r in mine if not size or _size(r) == size]
+    params = next((r["student_parameters"] for r in at_size if r.get("student_parameters")), None)
+    verdict = Verdict(teacher, student, results, None, False, "", {}, params, size=size)
+    ran = {m: r for m, r in results.items() if r.n}
+    if not ran:
+        failed, stopped = sum(r.failed for r in results.values()), sum(r.stopped for r in results.values())
+        verdict.text = f"no trial finished for this pair ({failed} failed, {stopped} stopped early): no verdict"
+        return verdict
+    confirmed = {m: r for m, r in ran.items() if r.confirmed}
+    if not confirmed:  # nothing re-run over seeds: the search's own pick, by validation (never test)
+        verdict.best = max(ran, key=lambda m: ran[m].val)
+        verdict.text = (f"{describe(verdict.best, ran[verdict.best].config)} has the best validation score, not "
+                        f"confirmed over seeds (search.confirm_seeds: {study.search.confirm_seeds}): cannot tell")
+        return _notes(study, verdict, quality, lead=False)
+    top = max(confirmed, key=lambda m: confirmed[m].val)
+    on_val = compare_on_validation(confirmed, top)
+    verdict.tied = [top] + [m for m, d in on_val.items() if not (d.pvalue <= 1 - stats.LEVEL and d.estimate > 0)]
+    fewest = min(r.finished for r in confirmed.values())
+    best = top if fewest < MIN_SEEDS else min(verdict.tied, key=CHEAPEST_FIRST.index)
+    verdict.best = best
+    verdict.comparisons, verdict.levels = compare_on_test(study, confirmed, best)
+    verdict.differences = {m: (d.estimate, d.low, d.high) for m, d in verdict.comparisons.items()}
+    missing = [m for m in results if m not in confirmed]
+    head = describe(best, confirmed[best].config)
+    if fewest < MIN_SEEDS:
+        text = (f"{head} has the best validation mean, but too few seeds to tell (n = {fewest}; the verdict needs "
+                f"search.confirm_seeds >= {MIN_SEEDS})")
+    elif len(verdict.tied) == 1:
+        verdict.decided = not missing
+        text = (f"{head} is best on validation, ahead of every other method" if best != "scratch" or missing
+                else "scratch is best on validation: distillation does not help this pair")
+    else:
+        others = ", ".join(NAMES[m] for m in verdict.tied if m != best)
+        text = (f"no method is clearly better on validation: {NAMES[best]} cannot be told from {others}; "
+                f"{NAMES[best]}, the cheapest of them, is recommended")
+        if best == "scratch" and not missing:
+            text += ": distillation does not clearly help this pair"
+    verdict.text = text + _test_line(verdict)
+    return _notes(study, verdict, quality, lead=True)
+
+
+def _test_line(v: Verdict) -> str:
+    parts = []
+    for m in sorted(v.comparisons, key=lambda m: (m != "kd", m != "scratch")):  # KD first: the baseline to beat
+        d = v.comparisons[m]
+        ci = f"{100 * v.levels[m]:.3g}% CI {_pts(d.low)}…{_pts(d.high)}"
+        parts.append(f"{_pts(d.estimate)} points over {NAMES[m]} ({ci})" if d.low > 0 else
+                     f"{_pts(d.estimate)} points below {NAMES[m]} ({ci})" if d.high < 0 else
+                     f"within noise of {NAMES[m]} ({_pts(d.estimate)}, {ci})")
+    return f"; on test: {'; '.join(parts)}" if parts else " (the only method run)"
+
+
+def _notes(study: Study, v: Verdict, quality: dict[str, dict] | None, lead: bool) -> Verdict:
+    """What a reader must know beside the pick: the size compared, missing or failed runs, unequal
+    budgets and a teacher no better than the student alone."""
+    notes = []
+    if v.size:
+        notes.append(f"all methods at {_size_text(v.size)}" + (f" ({v.student_parameters:,} parameters)"
+                                                               if v.student_parameters else ""))
+    for m, r in v.methods.items():
+        if lead and r.run and not r.confirmed:
+            notes.append(f"{NAMES[m]} has no finished confirmation run ({r.run} run, none finished): "
+                         "it is missing from the comparison")
+        elif not r.n:
+            notes.append(f"{NAMES[m]} has no finished run ({r.failed} failed, {r.stopped} stopped early): "
+                         "it is missing from the comparison")
+    if any(not r.confirmed for r in v.methods.values()) and lead and v.best:
+        notes.append("whether distillation helps cannot be said until every method has a finished run")
+    best = v.methods.get(v.best) if v.best else None
+    if best is not None and best.run > best.finished:
+        notes.append(f"{NAMES[v.best]} failed on {best.run - best.finished} of {best.run} seeds (its mean is over "
+                     f"the {best.finished} that finished)")
+    unequal = study.unequal_budgets()
+    if unequal:
+        notes.append(unequal)
+    q, scratch = (quality or {}).get(v.teacher), v.methods.get("scratch")
+    if q is not None and scratch is not None and scratch.n and q["val"] <= scratch.val:
+        notes.append(f"the teacher's validation {q.get('metric', 'metric')} ({100 * q['val']:.2f}) is not above the "
+                     f"scratch student's ({100 * scratch.val:.2f}): distillation from it is not expected to help")
+    if notes:
+        v.text += " — " + "; ".join(notes)
+    return v
+
+
+def _size_text(size: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in size.items())
+
+
+def describe(method: str, config: dict[str, Any]) -> str:
+    """'Annealing-KD tau_max 4, cosine' / 'KD alpha 0.5, T 4' / 'scratch'; a family's student size
+    after it: 'KD alpha 0.5, T 4 (student.hidden 16)'."""
+    size = _size_text({k: v for k, v in config.items() if k.startswith(STUDENT)})
+    text = _describe(method, config)
+    return f"{text} ({size})" if size else text
+
+
+def _describe(method: str, config: dict[str, Any]) -> str:
+    if method in ("annealing", "prokd"):
+        bits = ([f"tau_max {config['tau_max']:g}"] if "tau_max" in config else []) + [str(config["schedule"])]
+        return f"{NAMES[method]} {', '.join(bits)}"
+    if method in ("kd", "takd"):
+        return f"{NAMES[method]} alpha {config['alpha']:.2g}, T {config['kd_temperature']:.2g}"
+    return NAMES[method]
+
+
+def _pts(x: float) -> str:
+    return "n/a" if x != x else f"{100 * x:+.1f}"
+
+
+def verdicts(study: Study, rows: list[dict], quality: dict[str, dict] | None = None) -> list[Verdict]:
+    return [judge(study, t, s, rows, quality) for t, s in study.pairs]

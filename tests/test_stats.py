@@ -1,0 +1,139 @@
+"""akd_ray.stats against scipy where scipy has the statistic, Holm by hand, the paired bootstrap's
+promises (seeded, [0, 0] for identical predictions, wider for a smaller test set, each metric equal
+to akd_ray.tasks.metrics on the full data) and Dodge et al.'s expected maximum."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sps
+
+from akd_ray import stats
+from akd_ray.tasks import metrics
+
+A = [0.912, 0.921, 0.917, 0.925]
+B = [0.899, 0.905, 0.897, 0.903]
+
+
+def test_mean_interval_is_scipy_s_t_interval():
+    got = stats.mean_interval(A)
+    assert got.mean == pytest.approx(np.mean(A)) and got.std == pytest.approx(sps.tstd(A))
+    assert (got.low, got.high) == pytest.approx(sps.t.interval(0.95, 3, loc=np.mean(A), scale=sps.sem(A)))
+    assert math.isnan(stats.mean_interval([0.9]).low) and math.isnan(stats.mean_interval([]).mean)
+
+
+def test_welch_interval_is_scipy_s_unequal_variance_interval():
+    got = stats.welch_interval(A, B[:3])
+    ci = sps.ttest_ind(A, B[:3], equal_var=False).confidence_interval(0.95)
+    assert got.estimate == pytest.approx(np.mean(A) - np.mean(B[:3]))
+    assert (got.low, got.high) == pytest.approx((ci.low, ci.high))
+
+
+@pytest.mark.parametrize("level", [0.95, 0.99])
+def test_paired_interval_is_scipy_s_ttest_rel(level):
+    got = stats.paired_interval(A, B, level)
+    res = sps.ttest_rel(A, B)
+    ci = res.confidence_interval(level)
+    assert (got.low, got.high) == pytest.approx((ci.low, ci.high))
+    assert got.pvalue == pytest.approx(res.pvalue) and got.n == 4 and got.test == "paired t"
+    # pairing removes the shared seed effect: narrower than Welch on the same numbers
+    welch = stats.welch_interval(A, B)
+    assert got.high - got.low != pytest.approx(welch.high - welch.low)
+
+
+def test_slope_interval_is_linregress_with_a_t_interval():
+    x, y = [2.6, 2.9, 3.2, 3.8, 4.1], [5.0, 4.0, 4.2, 2.9, 2.0]
+    got = stats.slope_interval(x, y)
+    fit = sps.linregress(x, y)
+    half = sps.t.ppf(0.975, 3) * fit.stderr
+    assert (got.slope, got.intercept, got.stderr) == pytest.approx((fit.slope, fit.intercept, fit.stderr))
+    assert (got.low, got.high) == pytest.approx((fit.slope - half, fit.slope + half)) and got.high < 0
+
+
+def test_holm_by_hand():
+    # sorted: 0.005 x4 = 0.02, 0.01 x3 = 0.03, 0.03 x2 = 0.06, 0.04 x1 = 0.04 -> running max 0.06
+    h = stats.holm([0.01, 0.04, 0.03, 0.005], alpha=0.05)
+    assert h.adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert h.reject.tolist() == [True, False, False, True]
+    # the two rejected at 0.05/3 and 0.05/4; the procedure stopped at step 3: level 0.05/2 for the rest
+    assert h.alpha == pytest.approx([0.05 / 3, 0.05 / 2, 0.05 / 2, 0.05 / 4])
+    assert stats.holm([0.2]).adjusted.tolist() == [0.2] and not stats.holm([0.2]).reject[0]
+    assert stats.holm([0.5, 0.6]).adjusted == pytest.approx([1.0, 1.0])
+
+
+def _two_methods(n: int, seeds: int = 3, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    a = np.where(rng.random((seeds, n)) < 0.85, y, 1 - y)
+    b = np.where(rng.random((seeds, n)) < 0.80, y, 1 - y)
+    return a, b, y
+
+
+def test_bootstrap_is_reproducible_with_its_seed_and_pairs_the_draw():
+    a, b, y = _two_methods(300)
+    first = stats.paired_bootstrap(a, b, y, "accuracy", rng=7)
+    assert stats.paired_bootstrap(a, b, y, "accuracy", rng=7) == first
+    assert stats.paired_bootstrap(a, b, y, "accuracy", rng=8) != first
+    assert first.estimate == pytest.approx((a == y).mean() - (b == y).mean())
+    assert first.low < first.estimate < first.high and first.test == "paired bootstrap"
+    swapped = stats.paired_bootstrap(b, a, y, "accuracy", rng=7)  # the same draws, the sign flipped
+    assert (swapped.low, swapped.high) == pytest.approx((-first.high, -first.low))
+
+
+@pytest.mark.parametrize("metric", stats.BOOTSTRAP_METRICS)
+def test_identical_predictions_give_zero_and_p_one(metric):
+    a, _, y = _two_methods(200)
+    got = stats.paired_bootstrap(a, a.copy(), y, metric, resamples=2000, rng=0)
+    assert (got.estimate, got.low, got.high, got.pvalue) == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_the_interval_widens_as_the_test_set_shrinks():
+    a, b, y = _two_methods(2000)
+    wide = stats.paired_bootstrap(a[:, :200], b[:, :200], y[:200], "accuracy", rng=0)
+    narrow = stats.paired_bootstrap(a, b, y, "accuracy", rng=0)
+    assert wide.high - wide.low > 2 * (narrow.high - narrow.low)  # ~ sqrt(10) wider
+    # the seed term alone (ttest_rel on per-seed accuracies) misses the test-set term
+    per_seed = stats.paired_interval((a[:, :200] == y[:200]).mean(1), (b[:, :200] == y[:200]).mean(1))
+    assert per_seed.estimate == pytest.approx(wide.estimate)
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "f1", "mcc", "pearson"])
+def test_each_metric_matches_the_task_metric_on_the_full_data(metric):
+    a, b, y = _two_methods(150, seeds=2, seed=3)
+    if metric == "pearson":
+        rng = np.random.default_rng(1)
+        y = rng.normal(size=150)
+        a, b = y + rng.normal(size=(2, 150)), y + 2 * rng.normal(size=(2, 150))
+    fn = getattr(metrics, metric)
+    want = np.mean([fn(torch.tensor(a[s]), torch.tensor(y)) for s in range(2)]) - \
+        np.mean([fn(torch.tensor(b[s]), torch.tensor(y)) for s in range(2)])
+    assert stats.paired_bootstrap(a, b, y, metric, resamples=200, rng=0).estimate == pytest.approx(want)
+
+
+def test_bootstrap_refuses_what_it_cannot_do():
+    a, b, y = _two_methods(50)
+    with pytest.raises(ValueError, match="'spearman' is not supported; valid: accuracy, f1, mcc, pearson"):
+        stats.paired_bootstrap(a, b, y, "spearman")
+    with pytest.raises(ValueError, match=r"must both be \(seeds, 50 examples\)"):
+        stats.paired_bootstrap(a, b[:2], y, "accuracy")
+
+
+def test_a_clear_difference_has_a_small_p_value_that_holm_can_use():
+    a, b, y = _two_methods(2000)
+    clear = stats.paired_bootstrap(a, b, y, "accuracy", rng=0)
+    assert clear.low > 0 and clear.pvalue < 0.01
+    noise = stats.paired_bootstrap(a, a[::-1].copy(), y, "accuracy", rng=0)  # the same method, seeds swapped
+    assert noise.low < 0 < noise.high and noise.pvalue > 0.05
+
+
+def test_dodge_expected_max():
+    v = [0.61, 0.70, 0.72, 0.80, 0.93]
+    e = stats.expected_max(v, 50)
+    assert e.mean[0] == pytest.approx(np.mean(v)) and e.std[0] == pytest.approx(np.std(v))
+    assert np.all(np.diff(e.mean) > 0) and e.mean[-1] == pytest.approx(max(v), abs=1e-4)
+    # n = 2 by hand: P(max = v_(i)) = (i/N)^2 - ((i-1)/N)^2
+    assert e.mean[1] == pytest.approx(sum(x * ((i / 5) ** 2 - ((i - 1) / 5) ** 2) for i, x in enumerate(sorted(v), 1)))
+    assert len(stats.expected_max(v).n) == 5 and len(stats.expected_max([]).mean) == 0
