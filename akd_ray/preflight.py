@@ -81,6 +81,8 @@ class Plan:
         once = [m for m in s.search.methods if self.budgets[m] != s.search.trials[m]]
         notes = [f"{m}: the search space has no parameter for it, so it runs once per pair "
                  f"(trials: {s.search.trials[m]} -> 1)" for m in once]
+        unequal = s.unequal_budgets([m for m in s.search.methods if self.space.for_method(m)])
+        notes += [unequal] if unequal else []
         return out + [f"note       {n}" for n in (*notes, *self.notes)]
 
 

@@ -24,6 +24,7 @@ from akd_ray import preflight, progress
 from akd_ray.capacity import COST, smallest_within
 from akd_ray.config import Study
 from akd_ray.preflight import budgets
+from akd_ray.space import STUDENT
 from akd_ray.study.cluster import check_resources
 from akd_ray.study.layout import IDENTITY, METRIC, MODE, PREDICTIONS_FILE, STUDENT_DIR, Layout
 from akd_ray.study.scheduler import GroupedHalving
@@ -97,22 +98,29 @@ def trial_rows(grid: tune.ResultGrid) -> list[dict]:
 
 def confirmation_points(study: Study, rows: list[dict], quality: dict[str, dict] | None = None) -> list[dict]:
     """Each pair's best config of every method, once per confirmation seed (fresh seeds: the search
-    picked on `study.seed`, so its own score would carry the winner's luck). With a family, also each
-    teacher's smallest student within X points of it (`family.within`), unless that is one of the
-    former."""
+    picked on `study.seed`, so its own score would carry the winner's luck).
+
+    With a family, methods are compared at one student size -- that of the group's best search trial
+    -- so the verdict never weighs Annealing-KD at one depth against KD at another: each method's best
+    trial at that size, or its best config moved to that size when it never tried it. Then also each
+    teacher's smallest student within X points of it (`family.within`), unless that is one of the former.
+    """
     points = []
     chosen: set[tuple] = set()
     for teacher, student in study.pairs:
+        pair = [r for r in rows if (r["teacher"], r["student"]) == (teacher, student) and r["finished"]]
+        size = _size(max(pair, key=lambda r: r[METRIC])["params"]) if pair and study.family is not None else None
         for method in study.search.methods:
-            done = [r for r in rows if (r["teacher"], r["student"], r["method"]) == (teacher, student, method)
-                    and r["finished"]]
+            done = [r for r in pair if r["method"] == method]
             if not done:
                 continue
-            best = max(done, key=lambda r: r[METRIC])
-            chosen.add((teacher, method, json.dumps(best["params"], sort_keys=True)))
+            at_size = [r for r in done if size is None or _size(r["params"]) == size]
+            params = max(at_size or done, key=lambda r: r[METRIC])["params"]
+            params = {**params, **(size or {})}
+            chosen.add((teacher, method, json.dumps(params, sort_keys=True)))
             for s in range(1, study.search.confirm_seeds + 1):
                 points.append({"teacher": teacher, "student": student, "method": method, "phase": "confirm",
-                               "seed": study.seed + s, **best["params"]})
+                               "seed": study.seed + s, **params})
     for teacher, family in (study.pairs if study.family is not None and quality else []):
         for x in study.family.within:
             pick = smallest_within(rows, teacher, quality[teacher]["val"], x)
@@ -124,6 +132,11 @@ def confirmation_points(study: Study, rows: list[dict], quality: dict[str, dict]
                 points.append({"teacher": teacher, "student": family, "method": pick["method"], "phase": "confirm",
                                "seed": study.seed + s, **pick["params"]})
     return points
+
+
+def _size(params: dict[str, Any]) -> dict[str, Any]:
+    """A family trial's student size: its `student.<field>` values."""
+    return {k: v for k, v in params.items() if k.startswith(STUDENT)}
 
 
 def register_best_students(study: Study, rows: list[dict], teacher_dirs: dict[str, Path], callback,
@@ -221,7 +234,7 @@ def run_study(study: Study, address: str | None = None, say: Callable[[str], Non
             raise tracking.TrackingError(
                 f"MLflow at {uri} is unreachable at the end of the study: results are in {layout.root}, "
                 f"unsent MLflow calls are kept there; run `akd-ray tune` on the study again to send them")
-        verdicts = reports.verdicts(study, rows)
+        verdicts = reports.verdicts(study, rows, quality)
         if study.mlflow.register_best:
             register_best_students(study, rows, teacher_dirs, callback, verdicts)
         tracking.log_picks(parent, verdicts)

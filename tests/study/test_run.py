@@ -141,7 +141,7 @@ def test_default_store_report_and_ui_show_the_study(tmp_path):
     report = subprocess.run([sys.executable, "-m", "akd_ray.cli", "report", str(study)], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr
-    assert "mlp-128 → mlp-8: use " in report.stdout
+    assert "mlp-128 → mlp-8: " in report.stdout
     for png in ("metric_vs_tau_max.png", "capacity_gap.png", "schedule.png"):
         assert (tmp_path / "results/tiny/report" / png).stat().st_size > 1000
 

@@ -124,3 +124,21 @@ def test_a_method_with_nothing_to_search_runs_once(tmp_path):
     out = CliRunner().invoke(app, ["validate", str(tmp_path / "s.yaml")])
     assert out.exit_code == 0, out.output
     assert "scratch: the search space has no parameter for it, so it runs once per pair (trials: 3 -> 1)" in out.output
+
+
+def test_validate_says_when_the_searched_methods_get_unequal_budgets(tmp_path):
+    from pathlib import Path
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from akd_ray.cli import app
+
+    data = yaml.safe_load(open(QUICKSTART))
+    for trials, expected in (({"scratch": 2, "kd": 2, "annealing": 4}, True), (3, False)):
+        data["search"]["trials"] = trials
+        data["search"]["space"] = str((Path(QUICKSTART).parent / data["search"]["space"]).resolve())
+        (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+        out = CliRunner().invoke(app, ["validate", str(tmp_path / "s.yaml")])
+        assert out.exit_code == 0, out.output
+        assert ("unequal budgets:" in out.output and "annealing 4" in out.output) is expected, out.output

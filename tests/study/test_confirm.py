@@ -1,0 +1,45 @@
+"""The confirmation phase's points: every method's best config over fresh seeds; in a family study all
+methods at one student size, that of the group's best search trial."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from test_family import family_study, row  # noqa: E402  (the family tests' hand-made rows)
+
+from akd_ray.config import load_study
+from akd_ray.study.run import confirmation_points
+
+SPACE = {"student.hidden": {"type": "int", "low": 2, "high": 64},
+         "tau_max": {"type": "int", "low": 2, "high": 6, "methods": ["annealing"]},
+         "lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}}
+
+
+def test_a_family_study_confirms_every_method_at_the_size_of_the_best_trial(tmp_path):
+    study = load_study(family_study(tmp_path, {"kind": "mlp", "hidden": [16]}, SPACE,
+                                    search={"space": "space.yaml", "trials": 3, "confirm_seeds": 2}))
+    rows = [row("scratch", 8, 0.70), row("scratch", 32, 0.80),  # scratch's best is at 32; it also tried 16
+            row("scratch", 16, 0.75),
+            row("kd", 64, 0.90),  # kd never tried 16: its best config is moved there
+            row("annealing", 16, 0.95, tau=3), row("annealing", 64, 0.93, tau=5)]
+    for r in rows:
+        r["student"] = study.family.name
+    points = confirmation_points(study, rows)
+    assert {p["student.hidden"] for p in points} == {16}  # the best trial overall: annealing at 16
+    by_method = {p["method"]: p for p in points}
+    assert by_method["scratch"]["lr"] == 0.01 and by_method["annealing"]["tau_max"] == 3
+    assert set(by_method) == {"scratch", "kd", "annealing"}
+    assert sorted(p["seed"] for p in points if p["method"] == "kd") == [study.seed + 1, study.seed + 2]
+
+
+def test_named_students_confirm_each_method_s_own_best_config(tmp_path):
+    study = load_study(Path(__file__).resolve().parents[2] / "studies" / "quickstart.yaml")
+    teacher, student = study.pairs[0]
+    rows = [{"teacher": teacher, "student": student, "method": m, "phase": "search", "finished": True,
+             "val_best": v, "params": {"lr": lr}} for m, v, lr in
+            (("kd", 0.8, 0.01), ("kd", 0.9, 0.02), ("scratch", 0.7, 0.03))]
+    points = confirmation_points(study, rows)
+    assert {(p["method"], p["lr"]) for p in points} == {("kd", 0.02), ("scratch", 0.03)}
+    assert len(points) == 2 * study.search.confirm_seeds
