@@ -146,13 +146,17 @@ class SearchSpec(Frozen):
                     "mapping names each method's own; a method with no searched parameter runs once")
     scheduler: Literal["none", "asha"] = Field(
         "none", description="asha: successive halving within each (teacher, student, method) group; "
-                            "two-stage methods are compared on stage-II epochs only")
-    grace_period: int = Field(2, ge=1, description="ASHA: epochs (stage-II epochs for two-stage methods) "
-                                                   "before a trial can be stopped")
+                            "two-stage methods are judged on stage II alone, at fractions of their own "
+                            "stage II, by the best validation metric within it")
+    grace_period: int = Field(2, ge=1, description="ASHA: the first rung at grace_period / train.epochs of each "
+                                                   "trial's judged stage (stage II for two-stage methods)")
     reduction_factor: int = Field(3, ge=2, description="ASHA: keep the best 1/reduction_factor at each rung")
     warm_start: tuple[dict[str, Any], ...] = Field((), description="points every pair tries first")
     warm_start_from_pairs: bool = Field(True, description="a pair also tries the best point other "
                                                           "pairs found for the same method")
+    optuna_storage: str | None = Field(None, description="where the per-pair Optuna studies live (an Optuna RDB "
+                                       "URL, e.g. sqlite:///path or postgresql://...); None: "
+                                       "sqlite:///<storage>/<name>/optuna.db. optuna-dashboard opens it")
     confirm_seeds: int = Field(3, ge=0, description="re-runs of each pair's best config of every method, "
                                                     "each seed with its own init, batch order and "
                                                     "augmentation; the verdict needs at least 3")

@@ -24,7 +24,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "layout": ("Layout", "METRIC", "MODE", "STAGE_BEST", "IDENTITY", "STATE_FILE", "STUDENT_DIR", "PREDICTIONS_FILE"),
+    "layout": ("Layout", "METRIC", "MODE", "STAGE_BEST", "IDENTITY", "STATE_FILE", "STUDENT_DIR", "PREDICTIONS_FILE",
+               "optuna_storage", "optuna_study_name"),
     "signals": ("Interrupted", "Signals"),
     "cluster": ("check_resources",),
     "scheduler": ("GroupedHalving", "TWO_STAGE", "group_of", "progress"),

@@ -28,3 +28,15 @@ class Layout:
     cache = property(lambda self: self.root / "cache")
     tune = property(lambda self: self.root / "tune")
     report = property(lambda self: self.root / "report")
+    optuna = property(lambda self: self.root / "optuna.db")
+
+
+def optuna_storage(study: Study) -> str:
+    """The Optuna RDB storage of the study's searches: the configured URL, else a SQLite file in the
+    study folder (`optuna-dashboard sqlite:///...` opens it)."""
+    return study.search.optuna_storage or f"sqlite:///{Layout.of(study).optuna}"
+
+
+def optuna_study_name(teacher: str, student: str, method: str) -> str:
+    """One Optuna study per (teacher, student, method) group, named so a dashboard lists them by pair."""
+    return f"{teacher}->{student}/{method}"

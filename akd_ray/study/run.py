@@ -26,7 +26,7 @@ from akd_ray.config import Study
 from akd_ray.preflight import budgets
 from akd_ray.space import STUDENT
 from akd_ray.study.cluster import check_resources
-from akd_ray.study.layout import IDENTITY, METRIC, MODE, PREDICTIONS_FILE, STUDENT_DIR, Layout
+from akd_ray.study.layout import IDENTITY, METRIC, MODE, PREDICTIONS_FILE, STUDENT_DIR, Layout, optuna_storage
 from akd_ray.study.scheduler import GroupedHalving
 from akd_ray.study.search import Points, searcher_for
 from akd_ray.study.signals import Interrupted, Signals
@@ -217,7 +217,7 @@ def run_study(study: Study, address: str | None = None, say: Callable[[str], Non
         budget = budgets(study, space)
         total = sum(budget.values()) * len(study.pairs)
         tracker.phase("search")
-        rows = trial_rows(run_phase(study, "search", searcher_for(study, space), total, teacher_dirs,
+        rows = trial_rows(run_phase(study, "search", searcher_for(study, space, optuna_storage(study)), total, teacher_dirs,
                                     [callback, progress.ProgressCallback("search", {
                                         f"{t}->{s}|{m}": n for t, s in study.pairs for m, n in budget.items()})],
                                     max_concurrent, signals))

@@ -12,7 +12,7 @@ from akd_ray.capacity import COST
 from akd_ray.config import Study
 from akd_ray.preflight import budgets
 from akd_ray.space import Space, define_by_run
-from akd_ray.study.layout import METRIC, MODE
+from akd_ray.study.layout import METRIC, MODE, optuna_study_name
 from akd_ray.study.resumable import Resumable
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per Optuna study is noise here
@@ -27,9 +27,12 @@ class PairedSearch(Resumable):
 
     objectives, directions = METRIC, MODE  # of each group's OptunaSearch (FamilySearch: two of each)
 
-    def __init__(self, study: Study, space: Space):
+    def __init__(self, study: Study, space: Space, storage: str | None = None):
+        """`storage`: an Optuna RDB URL for the groups' studies (optuna-dashboard reads it); None keeps
+        them in memory. A fresh search replaces studies of the same names left by an earlier run."""
         super().__init__(metric=METRIC, mode=MODE)
         budget = budgets(study, space)
+        rdb = optuna.storages.RDBStorage(storage) if storage else None
         self.groups: dict[tuple[str, str, str], OptunaSearch] = {}
         self.budget: dict[tuple[str, str, str], int] = {}
         self.started: dict[tuple[str, str, str], int] = {}
@@ -39,10 +42,14 @@ class PairedSearch(Resumable):
                 params = space.for_method(method)
                 warm = [{k: v for k, v in p.items() if k in params} for p in study.search.warm_start]
                 key = (teacher, student, method)
+                name = optuna_study_name(*key)
+                if rdb is not None and name in {s.study_name for s in optuna.get_all_study_summaries(rdb)}:
+                    optuna.delete_study(study_name=name, storage=rdb)
                 self.groups[key] = OptunaSearch(
                     space=define_by_run(space, method), metric=self.objectives, mode=self.directions,
                     sampler=TPESampler(seed=study.seed + 1000 * i + j, multivariate=True),
-                    points_to_evaluate=[p for p in warm if p] or None)
+                    points_to_evaluate=[p for p in warm if p] or None,
+                    **({"storage": rdb, "study_name": name} if rdb is not None else {}))
                 self.budget[key] = budget[method]
                 self.started[key] = 0
         self.warm_from_pairs = study.search.warm_start_from_pairs
@@ -112,8 +119,8 @@ class FamilySearch(PairedSearch):
     objectives, directions = [METRIC, COST], [MODE, "min"]
 
 
-def searcher_for(study: Study, space: Space) -> PairedSearch:
-    return FamilySearch(study, space) if study.family is not None else PairedSearch(study, space)
+def searcher_for(study: Study, space: Space, storage: str | None = None) -> PairedSearch:
+    return (FamilySearch if study.family is not None else PairedSearch)(study, space, storage)
 
 
 class Points(Resumable):

@@ -79,6 +79,16 @@ def test_tune_searches_every_pair_confirms_tracks_and_resumes(tmp_path, mlflow_s
         best = max((s for s in search if (s["student"], s["method"]) == (r["student"], r["method"])),
                    key=lambda s: s["val_best"])
         assert r["params"] == best["params"]
+    # each confirmation run's per-example test predictions, for the paired bootstrap
+    assert all(r["predictions"] and Path(r["predictions"]).exists() for r in confirm)
+    # the searches live on in an Optuna storage that Optuna's own tools (optuna-dashboard) open
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'results/tiny/optuna.db'}"
+    for student in ("mlp-8", "mlp-4"):
+        for method, n in TRIALS.items():
+            ot = optuna.load_study(study_name=f"mlp-128->{student}/{method}", storage=storage)
+            assert len([t for t in ot.trials if t.state == optuna.trial.TrialState.COMPLETE]) == n
     assert (tmp_path / "results/tiny/report/pairs.csv").exists()
     assert (tmp_path / "results/tiny/report/capacity_gap.png").stat().st_size > 1000
 

@@ -142,3 +142,32 @@ def test_validate_says_when_the_searched_methods_get_unequal_budgets(tmp_path):
         out = CliRunner().invoke(app, ["validate", str(tmp_path / "s.yaml")])
         assert out.exit_code == 0, out.output
         assert ("unequal budgets:" in out.output and "annealing 4" in out.output) is expected, out.output
+
+
+def test_the_searches_live_in_an_optuna_storage_that_optuna_s_own_tools_open(tmp_path):
+    import optuna
+
+    from akd_ray.study.layout import optuna_study_name
+
+    study = load_study(QUICKSTART)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    search = PairedSearch(study, validate(study), storage=url)
+    total = sum(study.search.trials.values()) * len(study.pairs)
+    configs = dict(zip([f"t{i}" for i in range(total)], suggest_all(search, total)))
+    for i, (trial_id, config) in enumerate(configs.items()):
+        search.on_trial_complete(trial_id, {"val_best": 0.5 + i / 100, "final": 1})
+    search.save(str(tmp_path / "searcher.pkl"))  # Tune's save/restore goes through the same storage
+    restored = PairedSearch.__new__(PairedSearch)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.best == search.best
+    for teacher, student in study.pairs:
+        for method, n in study.search.trials.items():
+            ot = optuna.load_study(study_name=optuna_study_name(teacher, student, method), storage=url)
+            values = sorted(t.value for t in ot.trials if t.state == optuna.trial.TrialState.COMPLETE)
+            expected = sorted(0.5 + i / 100 for i, c in enumerate(configs.values())
+                              if (c["teacher"], c["student"], c["method"]) == (teacher, student, method))
+            assert values == expected and len(values) == n
+    # a fresh search of the same study starts from empty studies, not from the last run's trials
+    PairedSearch(study, validate(study), storage=url)
+    teacher, student = study.pairs[0]
+    assert optuna.load_study(study_name=optuna_study_name(teacher, student, "kd"), storage=url).trials == []
