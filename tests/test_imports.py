@@ -91,3 +91,31 @@ def test_study_names_load_their_room_on_first_use():
             "print(GroupedHalving.__module__, 'ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["akd_ray.study.scheduler", "True"]
+
+
+def documented_rooms() -> list[str]:
+    """The rooms of docs/ARCHITECTURE.md's main table, in its order, as module prefixes."""
+    doc = (PACKAGE.parent / "docs" / "ARCHITECTURE.md").read_text()
+    rooms = []
+    for line in doc.splitlines():
+        cells = line.split("|")
+        if len(cells) < 4 or "`akd_ray/" not in cells[2]:
+            continue
+        path = cells[2].split("`")[1].removesuffix(".py").removesuffix("/")
+        parts = path.split("/")
+        rooms.append(".".join(parts[:2]))  # akd_ray/method/schedules -> akd_ray.method
+    return rooms
+
+
+def test_architecture_lists_every_room_and_every_import_points_up_its_table():
+    rooms = documented_rooms()
+    room_of = {}
+    for module in import_graph():
+        matches = [r for r in rooms if module == r or module.startswith(r + ".")]
+        if module != "akd_ray":
+            assert matches, f"{module} is in no room of docs/ARCHITECTURE.md"
+            room_of[module] = rooms.index(matches[0])
+    for module, targets in import_graph().items():
+        for target in targets:
+            if module in room_of and target in room_of and room_of[target] > room_of[module]:
+                raise AssertionError(f"{module} imports {target}, a room below it in docs/ARCHITECTURE.md")
