@@ -30,7 +30,8 @@ from akd_ray.study.layout import IDENTITY, METRIC, MODE, PREDICTIONS_FILE, STUDE
 from akd_ray.study.scheduler import GroupedHalving
 from akd_ray.study.search import Points, searcher_for
 from akd_ray.study.signals import Interrupted, Signals
-from akd_ray.study.teachers import assess_teachers, check_teachers, prepare_teachers, teacher_line
+from akd_ray.study.teachers import (assess_teachers, check_teachers, prepare_teachers, teacher_line,
+                                    teacher_vs_scratch)
 from akd_ray.study.trial import trial
 from akd_ray.teacher import teacher_info
 
@@ -221,6 +222,8 @@ def run_study(study: Study, address: str | None = None, say: Callable[[str], Non
                                     [callback, progress.ProgressCallback("search", {
                                         f"{t}->{s}|{m}": n for t, s in study.pairs for m, n in budget.items()})],
                                     max_concurrent, signals))
+        for line in teacher_vs_scratch(study, quality, rows):
+            say(line)
         points = confirmation_points(study, rows, quality)
         if points:
             tracker.phase("confirm")

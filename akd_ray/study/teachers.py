@@ -81,3 +81,18 @@ class StudyStopped(RuntimeError):
 def teacher_line(name: str, q: dict[str, Any]) -> str:
     return (f"teacher {name}: {q['metric']} val {100 * q['val']:.1f} / test {100 * q['test']:.1f} "
             f"(majority class: val {100 * q['majority_val']:.1f} / test {100 * q['majority_test']:.1f})")
+
+
+def teacher_vs_scratch(study: Study, quality: dict[str, dict[str, Any]], rows: list[dict]) -> list[str]:
+    """A line for each pair whose teacher's validation metric is not above its best scratch student's
+    (from the search): distillation from that teacher is not expected to help, and the user should
+    hear so while the study runs, not only in the verdict."""
+    lines = []
+    for teacher, student in study.pairs:
+        scratch = [r["val_best"] for r in rows if (r["teacher"], r["student"], r["method"]) == (teacher, student, "scratch")
+                   and r.get("finished")]
+        q = quality.get(teacher)
+        if q is not None and scratch and q["val"] <= max(scratch):
+            lines.append(f"teacher {teacher}: validation {q['metric']} {100 * q['val']:.1f} is not above the scratch "
+                         f"student {student}'s {100 * max(scratch):.1f}: distillation from it is not expected to help")
+    return lines

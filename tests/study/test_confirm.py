@@ -43,3 +43,17 @@ def test_named_students_confirm_each_method_s_own_best_config(tmp_path):
     points = confirmation_points(study, rows)
     assert {(p["method"], p["lr"]) for p in points} == {("kd", 0.02), ("scratch", 0.03)}
     assert len(points) == 2 * study.search.confirm_seeds
+
+
+def test_a_teacher_below_the_scratch_student_is_named_while_the_study_runs():
+    from akd_ray.study.teachers import teacher_vs_scratch
+
+    study = load_study(Path(__file__).resolve().parents[2] / "studies" / "quickstart.yaml")
+    teacher, student = study.pairs[0]
+    rows = [{"teacher": teacher, "student": student, "method": "scratch", "finished": True, "val_best": 0.622},
+            {"teacher": teacher, "student": student, "method": "kd", "finished": True, "val_best": 0.70}]
+    weak = {teacher: {"metric": "accuracy", "val": 0.588}}
+    (line,) = teacher_vs_scratch(study, weak, rows)
+    assert line == (f"teacher {teacher}: validation accuracy 58.8 is not above the scratch student {student}'s "
+                    f"62.2: distillation from it is not expected to help")
+    assert teacher_vs_scratch(study, {teacher: {"metric": "accuracy", "val": 0.9}}, rows) == []
