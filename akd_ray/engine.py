@@ -87,7 +87,7 @@ def make_optimizer(model: nn.Module, train: TrainSpec, device: torch.device) -> 
     params = [p for p in model.parameters() if p.requires_grad]
     if train.optimizer == "sgd":
         return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, nesterov=True,
-                               weight_decay=train.weight_decay)
+                               weight_decay=train.weight_decay, fused=device.type == "cuda")  # one kernel per step
     return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay,
                              fused=device.type == "cuda")
 

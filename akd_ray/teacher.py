@@ -62,7 +62,8 @@ def prepare_teacher(name: str, spec: TeacherSpec, task: TaskSpec, storage: Path,
 
     def train(tmp: Path) -> None:
         run = RunConfig(study="teacher", task=task, teacher=name, student=name, student_model=spec.model,
-                        method="scratch", train=spec.train, seed=seed, augment_seed=seed)
+                        method="scratch", train=spec.train, seed=seed, augment_seed=seed,
+                        cache_dir=Path(storage) / "cache")  # the data as decoded/tokenized once for the study
         metrics = run_distillation(run, on_epoch=on_epoch, save_dir=tmp, snapshots=spec.checkpoints)
         _finish(tmp, {"name": name, "prepared": "train", "metrics": metrics,
                       "model": TypeAdapter(ModelSpec).dump_python(spec.model, mode="json")})

@@ -201,6 +201,42 @@ def test_image_folder_errors(tmp_path):
         load_cifar_task(TaskSpec(name="cifar10", data_dir=tmp_path / "missing"))
 
 
+def test_image_folder_decoded_once_into_the_cache(tmp_path, monkeypatch):
+    import akd_ray.tasks.cifar as cifar
+
+    write_folder(tmp_path / "data", CIFAR10_CLASSES, per_class=3)  # random pixels: a zero image is surely new
+    spec = TaskSpec(name="cifar10", data_dir=tmp_path / "data", val_fraction=0.2)
+    decoded = []
+    real = cifar.decode_images
+    monkeypatch.setattr(cifar, "decode_images", lambda files: decoded.append(len(files)) or real(files))
+    plain = load_cifar_task(spec)  # no cache: decodes train and test
+    first = load_cifar_task(spec, tmp_path / "cache")
+    again = load_cifar_task(spec, tmp_path / "cache")  # reads the tensor file, decodes nothing
+    assert decoded == [30, 30, 30, 30]
+    assert len(list((tmp_path / "cache" / "images").glob("cifar10-*.pt"))) == 1
+    for a, b, c in zip((plain.train, plain.val, plain.test), (first.train, first.val, first.test),
+                       (again.train, again.val, again.test)):
+        assert torch.equal(a.features["x"], b.features["x"]) and torch.equal(a.features["x"], c.features["x"])
+        assert torch.equal(a.labels, c.labels)
+
+    # an image rewritten in place (new bytes, size or mtime): the tree is decoded again, not served stale
+    from PIL import Image
+    target = tmp_path / "data" / "test" / "cat" / "0001.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(target)
+    fresh = load_cifar_task(spec, tmp_path / "cache")
+    assert decoded == [30, 30, 30, 30, 30, 30]
+    i = CIFAR10_CLASSES.index("cat") * 3 + 1
+    assert int(fresh.test.features["x"][i].sum()) == 0 and int(again.test.features["x"][i].sum()) > 0
+
+
+def test_image_folder_cache_through_load_task(tmp_path):
+    from akd_ray.tasks import load_task
+
+    write_folder(tmp_path / "data", CIFAR10_CLASSES, per_class=2)
+    load_task(TaskSpec(name="cifar10", data_dir=tmp_path / "data"), cache_dir=tmp_path / "cache")
+    assert [f.name.split("-")[0] for f in (tmp_path / "cache" / "images").glob("*.pt")] == ["cifar10"]
+
+
 class FakeCIFAR10:
     """Stands in for torchvision.datasets.CIFAR10: `.data` (N, 32, 32, 3) uint8, `.targets`, `.classes`."""
     classes = CIFAR10_CLASSES
