@@ -129,7 +129,8 @@ def log_picks(parent_run_id: str, verdicts: list) -> None:
         if model is not None:
             tags["registered_model"] = model
         _log_batch(client, run_id, params={k: val for k, val in params.items() if k not in held},
-                   metrics=[Metric(k, float(val), _now_ms(), 0) for k, val in pair_metrics(v).items()], tags=tags)
+                   metrics=[Metric(k, round(float(val), 2), _now_ms(), 0) for k, val in pair_metrics(v).items()],
+                   tags=tags)  # 2 decimals: the runs table shows a float's every digit
         client.set_terminated(run_id, status="FINISHED")
 
 

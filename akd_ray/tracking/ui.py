@@ -4,7 +4,7 @@ MLflow 3.x's UI opens an experiment on GenAI pages ("Traces: 0") unless the addr
 `workflowType=machine_learning` (it follows a browser-wide switch, not the `mlflow.experimentKind`
 tag). Its runs table shows no parameter or metric column until a user ticks them. A *shared view*
 fixes both without a click: the experiment tag `mlflow.sharedViewState.<key>` holds the table's state
-as JSON (filter, sort, columns), and `#/experiments/<id>?viewStateShareKey=<key>` applies it (the UI's
+as JSON (filter, sort, columns), and `#/experiments/<id>/runs?viewStateShareKey=<key>` applies it (the UI's
 own "Share" button writes the same tag). The UI ignores the key when the address also carries a
 `searchFilter`, so the filter lives in the view, not in the address.
 """
@@ -44,8 +44,12 @@ def pair_columns(methods: list[str] | tuple[str, ...]) -> list[str]:
 
 def view_state(methods: list[str] | tuple[str, ...]) -> str:
     """The shared view's JSON: pair runs only, their pick's columns, sorted by run name."""
-    return json.dumps({"searchFilter": PAIR_FILTER, "orderByKey": "attributes.run_name", "orderByAsc": True,
-                       "selectedColumns": pair_columns(methods), "runListHidden": False, "viewMaximized": False})
+    columns = pair_columns(methods)
+    return json.dumps({"searchFilter": PAIR_FILTER, "orderByKey": _col("tags", "mlflow.runName"), "orderByAsc": True,
+                       "selectedColumns": columns, "columnOrder": columns,
+                       "columnWidths": {_col("tags", "recommended"): 260, _col("tags", "registered_model"): 280},
+                       "runListHidden": False,
+                       "viewMaximized": False})
 
 
 def save_view(client: MlflowClient, experiment_id: str, methods: list[str] | tuple[str, ...]) -> None:
@@ -57,10 +61,10 @@ def save_view(client: MlflowClient, experiment_id: str, methods: list[str] | tup
 
 
 def experiment_url(base: str, experiment_id: str) -> str:
-    """`<base>/#/experiments/<id>?viewStateShareKey=...&workflowType=machine_learning`: the runs table
+    """`<base>/#/experiments/<id>/runs?viewStateShareKey=...&workflowType=machine_learning`: the runs table
     of model training, filtered to the pair runs, with their pick's columns."""
     query = urlencode({"viewStateShareKey": VIEW_KEY, "workflowType": "machine_learning"})
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}?{query}"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
 
 
 def study_url(study, base: str) -> str | None:
