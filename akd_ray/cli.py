@@ -79,19 +79,25 @@ def validate(study: StudyArg, set: SetOpt = None, address: Annotated[Optional[st
     """Check a study and everything it points to, without training; print the plan.
 
     Checks the study file and search space, the data (GLUE columns and labels, ImageFolder classes and
-    images), every model (local folder, or a hub id in the cache or on the hub), that the storage can be
-    written, the MLflow URI, and that one trial fits this machine. Starts nothing, writes nothing.
+    images), every model (local folder, or a hub id in the cache or on the hub; a teacher's weights
+    open), that the global batch splits over the workers, that the storage can be written, the MLflow
+    URI, and whether one trial fits this machine. Starts nothing, writes nothing.
+
+    Exit 2: the study is wrong. Exit 0 with a warning: the study is valid but this machine cannot run
+    a trial (e.g. no GPU); run it on a cluster with --address (`tune` here refuses).
     """
     from akd_ray.preflight import check
 
     s = _load(study, set)
     try:
-        plan = check(s, address)
+        plan = check(s, address, machine="warn")
     except ConfigError as e:
         raise _bad_input(str(e)) from None
     say(f"{study}: valid")
     for line in plan.lines():
         say(f"  {line}")
+    for warning in plan.warnings:  # valid, but not runnable here: exit 0, `tune` refuses
+        say(f"warning: {warning}", err=True)
 
 
 @app.command()
