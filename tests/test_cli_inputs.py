@@ -437,3 +437,8 @@ def test_cli_basics(tmp_path):
     for phrase in ("Repeat it for several fields", "read as YAML", "Results go to <storage>/<name>/",
                    "resumes the study", "tune.log", "--address", "--verbose"):
         assert phrase in text, phrase
+    ui = " ".join(run_cli(tmp_path, "ui", "-h").stdout.split())
+    for phrase in ("--open", "print the address of its answer", "recommended method, tau_max and mean in points"):
+        assert phrase in ui, phrase
+    validate = " ".join(run_cli(tmp_path, "validate", "-h").stdout.split())
+    assert "Exit 2: the study is wrong. Exit 0 with a warning" in validate
