@@ -300,9 +300,10 @@ def _pareto_plots(study: Study, rows: list[dict], folder: Path, cost_name: str) 
         if front:
             ax.step([r[COST] for r in front], [100 * r["val_best"] for r in front], where="post", color="k", lw=1,
                     label="Pareto front")
-            for r in front:
-                ax.scatter(r[COST], 100 * r["val_best"], marker=MARKERS[r["method"]], color="k", zorder=3)
-        ax.set(xscale="log", xlabel=f"student cost: {cost_name}", ylabel="validation metric (%)",
+            for i, r in enumerate(front):  # one legend entry says what the black marks are
+                ax.scatter(r[COST], 100 * r["val_best"], marker=MARKERS[r["method"]], color="k", zorder=3,
+                           label="on the front (marker: method)" if i == 0 else None)
+        ax.set(xscale="log", xlabel=f"student cost: {cost_name}", ylabel="validation metric (points, best epoch)",
                title=f"metric vs cost, teacher {teacher}")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
@@ -338,6 +339,10 @@ def _tau_plot(trends: list[TauTrend], folder: Path) -> Path:
             ax.fill_between(10 ** grid, fit - half, fit + half, alpha=0.2)
     ax.set(xscale="log", xlabel="student parameters", ylabel="tau_max of the best trial",
            title="Annealing-KD: best tau_max vs student size")
+    ys = [y for t in trends for _, y in t.points]
+    if ys and all(float(y).is_integer() for y in ys):  # tau_max searched as an int: no tick at 2.25
+        from matplotlib.ticker import MaxNLocator
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     return _save(fig, folder / "tau_max_vs_size.png")

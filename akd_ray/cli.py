@@ -7,8 +7,8 @@ Exit codes: 0 done; 1 a trial or the study failed; 2 bad input (a study, its dat
 
 from __future__ import annotations
 
-import os
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -79,19 +79,25 @@ def validate(study: StudyArg, set: SetOpt = None, address: Annotated[Optional[st
     """Check a study and everything it points to, without training; print the plan.
 
     Checks the study file and search space, the data (GLUE columns and labels, ImageFolder classes and
-    images), every model (local folder, or a hub id in the cache or on the hub), that the storage can be
-    written, the MLflow URI, and that one trial fits this machine. Starts nothing, writes nothing.
+    images), every model (local folder, or a hub id in the cache or on the hub; a teacher's weights
+    open), that the global batch splits over the workers, that the storage can be written, the MLflow
+    URI, and whether one trial fits this machine. Starts nothing, writes nothing.
+
+    Exit 2: the study is wrong. Exit 0 with a warning: the study is valid but this machine cannot run
+    a trial (e.g. no GPU); run it on a cluster with --address (`tune` here refuses).
     """
     from akd_ray.preflight import check
 
     s = _load(study, set)
     try:
-        plan = check(s, address)
+        plan = check(s, address, machine="warn")
     except ConfigError as e:
         raise _bad_input(str(e)) from None
     say(f"{study}: valid")
     for line in plan.lines():
         say(f"  {line}")
+    for warning in plan.warnings:  # valid, but not runnable here: exit 0, `tune` refuses
+        say(f"warning: {warning}", err=True)
 
 
 @app.command()
@@ -197,18 +203,72 @@ def report(study: StudyArg, set: SetOpt = None) -> None:
 
 @app.command()
 def ui(study: StudyArg, port: Annotated[int, typer.Option(help="Port of the UI on 127.0.0.1.")] = 5000,
+       open_: Annotated[bool, typer.Option("--open", help="Open the address in a web browser too.")] = False,
        set: SetOpt = None) -> None:
-    """Open the study's MLflow store in the MLflow UI (on 127.0.0.1)."""
+    """Serve the study's MLflow store (on 127.0.0.1) and print the address of its answer: the pair runs,
+    one row per teacher-student pair with the recommended method, tau_max and mean in points.
+
+    A study that tracks to a server (`mlflow.tracking_uri: http://...`) is not served again: the
+    address is on that server.
+    """
     from akd_ray.config import tracking_uri
+    from akd_ray.tracking.ui import study_url
 
     s = _load(study, set)
     uri = tracking_uri(s)
     if uri.startswith("http"):
-        say(f"the study tracks to a server: open {uri}")
+        _show(study_url(s, uri), uri, open_)
         return
-    say(f"MLflow UI for {uri} on http://127.0.0.1:{port}")
-    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+    if not Path(uri.removeprefix("sqlite:///")).exists() and uri.startswith("sqlite:///"):
+        raise _bad_input(f"{study}: no MLflow store yet at {uri} (run `akd-ray tune {study}` first)")
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                                "--host", "127.0.0.1", "--port", str(port)])
+    try:
+        if not _wait_health(base, server):
+            raise typer.Exit(EXIT_FAILED)
+        _show(study_url(s, base), base, open_)
+        say("(Ctrl-C stops the UI)")
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def _show(url: str | None, base: str, open_: bool) -> None:
+    if url is None:
+        say(f"MLflow UI: {base} (the study has no experiment there yet: run `akd-ray tune` first)")
+        url = base
+    else:
+        say(f"the study's answer, one row per pair: {url}")
+    if open_:
+        import webbrowser
+        webbrowser.open(url)
+
+
+def _wait_health(base: str, server: subprocess.Popen, timeout_s: float = 120) -> bool:
+    """True once the UI answers; False (with the reason said) if it exits or never answers."""
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            say(f"error: the MLflow UI exited with {server.returncode} (is port {base.rsplit(':', 1)[1]} "
+                "taken? try --port)", err=True)
+            return False
+        try:
+            if requests.get(f"{base}/health", timeout=1).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    say(f"error: the MLflow UI did not answer at {base} within {timeout_s:.0f} s", err=True)
+    return False
 
 
 def main() -> None:

@@ -48,6 +48,7 @@ class Plan:
     notes: tuple[str, ...] = ()  # what works but deserves a look (skipped data rows, ...)
     capacity: tuple[float, float] | None = None  # (CPUs, GPUs) of this machine or the cluster
     capacity_of: str = "this machine"
+    warnings: tuple[str, ...] = ()  # valid, but this machine cannot run it (`check(machine="warn")`)
 
     @property
     def concurrency(self) -> int | None:
@@ -86,11 +87,18 @@ class Plan:
         return out + [f"note       {n}" for n in (*notes, *self.notes)]
 
 
-def check(study: Study, address: str | None = None) -> Plan:
-    """Every check that needs no training, in the order a user would fix them; the plan if all pass."""
+def check(study: Study, address: str | None = None, machine: str = "refuse") -> Plan:
+    """Every check that needs no training, in the order a user would fix them; the plan if all pass.
+
+    `machine`: what to do when no cluster is given and one trial does not fit this machine: "refuse"
+    (`tune`: it would run here) or "warn" (`validate`: the study is valid, this machine just cannot run
+    it; the plan's `warnings` say what is missing and how to run it on a cluster).
+    """
     space = check_space(study)
     downloads: list[str] = []
     notes: list[str] = []
+    warnings: list[str] = []
+    check_batch_split(study)
     check_storage(study)
     uri = check_tracking(study)
     check_models(study, downloads)
@@ -98,12 +106,19 @@ def check(study: Study, address: str | None = None) -> Plan:
     capacity = None
     if not (address or os.environ.get("RAY_ADDRESS")):  # a local Ray: this machine is the cluster
         capacity = local_capacity()
-        check_fits(study, *capacity, "this machine")
+        try:
+            check_fits(study, *capacity, "this machine")
+        except PreflightError as e:
+            if machine != "warn":
+                raise
+            warnings.append(f"{e}. The study is valid; run it where it fits: on a Ray cluster, "
+                            f"`akd-ray tune {study.source} --address ray://<head>:10001` (or start one with "
+                            "`ray up cluster.yaml` and submit `akd-ray tune` to it with `ray job submit`)")
     budget = budgets(study, space)
     pairs = len(study.pairs)
     confirm = pairs * study.search.confirm_seeds * len(study.search.methods)
     return Plan(study, space, budget, pairs * sum(budget.values()), confirm, uri, tuple(downloads), tuple(notes),
-                capacity)
+                capacity, warnings=tuple(warnings))
 
 
 def _where(study: Study, field_: str) -> str:
@@ -146,6 +161,20 @@ def budgets(study: Study, space: Space) -> dict[str, int]:
     """Trials per pair for each method: the study's budget, or one for a method the space leaves
     nothing to search for (its trials would all be the same run)."""
     return {m: (n if space.for_method(m) else 1) for m, n in study.search.trials.items()}
+
+
+def check_batch_split(study: Study) -> None:
+    """`train.batch_size` is the global batch: with several workers each trial takes an equal share per
+    rank (see akd_ray.engine), so it must divide by `resources.workers`. (Teachers train in one process.)"""
+    workers = study.resources.workers
+    if workers <= 1:
+        return
+    for field_, size in [("train.batch_size", study.train.batch_size)]:
+        if size % workers:
+            low, high = size - size % workers, size - size % workers + workers
+            raise PreflightError(f"{_where(study, field_)}: {size} is the global batch and does not split over "
+                                 f"resources.workers = {workers}; use a multiple of {workers} "
+                                 f"(e.g. {low or high} or {high})")
 
 
 # ---------------------------------------------------------------------------------------- storage, MLflow
@@ -322,12 +351,67 @@ def check_models(study: Study, downloads: list[str]) -> None:
             downloads.append(f"{spec.path} from the hub")
     for name, t in study.teachers.items():
         p = None if t.path is None else Path(t.path)
-        if p is None or (p.is_file() and p.suffix in STATE_DICT_SUFFIXES):
+        if p is None:
+            continue
+        if p.is_file() and p.suffix in STATE_DICT_SUFFIXES:
+            check_weights(p, _where(study, f"teachers.{name}.path"))
             continue
         if p.is_file() or not ((p / "model.json").is_file() or (p / "config.json").is_file()
                                or any(f.suffix in STATE_DICT_SUFFIXES for f in p.iterdir() if f.is_file())):
             raise PreflightError(f"{_where(study, f'teachers.{name}.path')}: {p} holds no trained model (an akd-ray "
                                  f"or transformers folder, or a state dict: {', '.join(STATE_DICT_SUFFIXES)})")
+        check_weights(p, _where(study, f"teachers.{name}.path"))
+
+
+def check_weights(path: Path, where: str) -> None:
+    """Every weights file a teacher import will read opens as what it claims: a safetensors header, or a
+    `torch.load(weights_only=True)` dict of tensors (memory-mapped: nothing is read in full). A corrupt
+    file, or one that holds something else, is refused here instead of deep inside `tune`."""
+    if path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix in STATE_DICT_SUFFIXES)
+    else:
+        files = [path]
+    for f in files:
+        reason = _weights_problem(f)
+        if reason:
+            raise PreflightError(f"{where}: {f} holds no loadable model ({reason})")
+
+
+def _weights_problem(f: Path) -> str | None:
+    if f.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(f), framework="pt") as weights:
+                return None if list(weights.keys()) else "a safetensors file with no tensors"
+        except Exception as e:  # SafetensorError, OSError: a truncated or foreign file
+            return f"not a safetensors file: {str(e).splitlines()[0][:120] if str(e) else type(e).__name__}"
+    import torch
+
+    try:
+        state = torch.load(f, weights_only=True, map_location="cpu", mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):  # the old (non-zip) format cannot be mapped: read it
+            return _load_problem(e)
+        try:
+            state = torch.load(f, weights_only=True, map_location="cpu")
+        except Exception as e2:
+            return _load_problem(e2)
+    except Exception as e:
+        return _load_problem(e)
+    if isinstance(state, dict):
+        state = state.get("state_dict", state.get("model", state))
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return f"torch.load gives a {type(state).__name__}, not a state dict (names -> tensors)"
+    return None
+
+
+def _load_problem(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    first = next((line for line in text if line.strip()), type(e).__name__)
+    if "Weights only load failed" in first or "weights_only" in first:
+        return "torch.load(weights_only=True) refuses it: a pickle of something other than tensors"
+    return f"torch.load fails: {first[:160]}"
 
 
 def _hub_cached(repo_id: str, repo_type: str) -> bool:

@@ -141,8 +141,10 @@ class Tracker:
         self.view.phase(name, self.status)
         self.write(force=True)
 
-    def teacher(self, name: str, state: str, epoch: int = 0, epochs: int = 0, seconds: float | None = None) -> None:
-        self.status["teachers"][name] = {"state": state, "epoch": epoch, "epochs": epochs, "seconds": seconds}
+    def teacher(self, name: str, state: str, epoch: int = 0, epochs: int = 0, seconds: float | None = None,
+                val: float | None = None) -> None:
+        self.status["teachers"][name] = {"state": state, "epoch": epoch, "epochs": epochs, "seconds": seconds,
+                                         "val": val}
         self.view.teacher(name, self.status["teachers"][name])
         self.write(force=state != "training")
 
@@ -230,7 +232,7 @@ def wait_teachers(refs: dict[str, Any], files: dict[str, Path]) -> dict[str, Pat
         for name in pending:
             with contextlib.suppress(OSError, ValueError):
                 e = json.loads(files[name].read_text())
-                _active and _active.teacher(name, "training", e["epoch"], e["epochs"])
+                _active and _active.teacher(name, "training", e["epoch"], e["epochs"], val=e.get("val"))
     return {name: out[name] for name in refs}
 
 
@@ -299,6 +301,12 @@ def trial_line(phase: str, trial, state: str, info: dict) -> str:
     return f"[{phase} {info['ended']}/{info['total']}] {what}: {result}  (ETA {_clock(info['eta'])})"
 
 
+def teacher_epoch_line(name: str, info: dict) -> str:
+    """`teacher minilm: epoch 3/20, val 0.8412`: a teacher's progress as a plain line."""
+    val = f", val {info['val']:.4f}" if info.get("val") is not None else ""
+    return f"teacher {name}: epoch {info['epoch']}/{info['epochs']}{val}"
+
+
 class View:
     def __enter__(self) -> "View":
         return self
@@ -320,6 +328,7 @@ class PlainView(View):
 
     def __init__(self, out: IO[str]):
         self.out = out
+        self._epochs: dict[str, int] = {}  # teacher -> the last epoch said: one line per epoch, not per poll
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -329,9 +338,13 @@ class PlainView(View):
             self.say(f"-- {name}")
 
     def teacher(self, name: str, info: dict) -> None:
-        if info["state"] != "training":
-            took = f" in {_clock(info['seconds'])}" if info.get("seconds") is not None else ""
-            self.say(f"teacher {name}: {info['state']}{took}")
+        if info["state"] == "training":
+            if info["epoch"] != self._epochs.get(name):
+                self._epochs[name] = info["epoch"]
+                self.say(teacher_epoch_line(name, info))
+            return
+        took = f" in {_clock(info['seconds'])}" if info.get("seconds") is not None else ""
+        self.say(f"teacher {name}: {info['state']}{took}")
 
     def trial(self, phase: str, trial, state: str, info: dict) -> None:
         self.say(trial_line(phase, trial, state, info))

@@ -218,35 +218,67 @@ def _metric_name(study: Study) -> str:
 
 # ---------------------------------------------------------------------------------------- plots
 def plots(study: Study, rows: list[dict], table: list[Verdict], folder: Path) -> list[Path]:
+    """Three plots, each in one unit (points, x100, as the text), integer parameters on integer ticks,
+    each pair's pick marked, and legends that say what each mark is."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
+    metric = _metric_name(study)
+    picks = {(v.teacher, v.student): v for v in table}
     files = []
     # 1. metric vs tau_max per pair: the "pick the temperature" view
     fig, ax = plt.subplots(figsize=(6, 4))
+    taus = []
     for teacher, student in study.pairs:
-        pts = sorted((r["params"].get("tau_max", study.train.tau_max), r["val_best"]) for r in rows
-                     if (r["teacher"], r["student"], r["method"]) == (teacher, student, "annealing") and r.get("finished"))
-        if pts:
-            ax.plot(*zip(*pts), "o", label=f"{teacher} → {student}")
-    ax.set(xlabel="tau_max", ylabel="validation metric (best epoch)", title="Annealing-KD: metric vs tau_max")
+        pts = sorted((r["params"].get("tau_max", study.train.tau_max), 100 * r["val_best"]) for r in rows
+                     if (r["teacher"], r["student"], r["method"]) == (teacher, student, "annealing")
+                     and r.get("finished") and r["phase"] == "search")
+        if not pts:
+            continue
+        taus += [t for t, _ in pts]
+        (line,) = ax.plot(*zip(*pts), "o", alpha=0.6, label=f"{student} ← {teacher}: search trials")
+        v = picks.get((teacher, student))
+        a = v.methods.get("annealing") if v else None
+        if a is not None and a.n and "tau_max" in a.config:
+            best = max((y for t, y in pts if t == a.config["tau_max"]), default=None)
+            if best is not None:
+                picked = v.best == "annealing"
+                ax.plot([a.config["tau_max"]], [best], "*" if picked else "s", ms=14 if picked else 9,
+                        mfc="none", mec=line.get_color(), mew=2,
+                        label=f"{student} ← {teacher}: " + ("the pick" if picked else
+                                                            f"best Annealing-KD (the pick is {NAMES[v.best]})"))
+    if taus and all(float(t).is_integer() for t in taus):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="tau_max", ylabel=f"validation {metric} (points, best epoch)",
+           title="Annealing-KD: validation vs tau_max")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     files.append(_save(fig, folder / "metric_vs_tau_max.png"))
 
     # 2. capacity gap: confirmed metric (with its 95% interval) vs student size, per method and teacher
     fig, ax = plt.subplots(figsize=(6, 4))
-    for teacher in study.teachers:
-        for method in study.search.methods:
-            pts = sorted((v.student_parameters, 100 * v.methods[method].mean,
-                          100 * (v.methods[method].high - v.methods[method].mean))
-                         for v in table if v.teacher == teacher and v.student_parameters and v.methods[method].n)
+    for method in study.search.methods:
+        # scratch never sees a teacher: one curve, not one per teacher
+        for teacher in (study.teachers if method != "scratch" else [next(iter(study.teachers))]):
+            pts = sorted({(v.student_parameters, 100 * v.methods[method].mean,
+                           100 * (v.methods[method].high - v.methods[method].mean))
+                          for v in table if (v.teacher == teacher or method == "scratch") and v.student_parameters
+                          and v.methods[method].n})
             if pts:
                 x, y, err = zip(*pts)
-                ax.errorbar(x, y, yerr=[e if e == e else 0 for e in err], fmt="o-", capsize=3,
-                            label=f"{NAMES[method]} ({teacher})")
-    ax.set(xscale="log", xlabel="student parameters", ylabel="test metric (%)", title="Capacity gap")
+                label = NAMES[method] if method == "scratch" or len(study.teachers) == 1 else \
+                    f"{NAMES[method]} (teacher {teacher})"
+                ax.errorbar(x, y, yerr=[e if e == e else 0 for e in err], fmt="o-", capsize=3, label=label)
+    marked = False
+    for v in table:
+        if v.best and v.student_parameters and v.methods[v.best].n:
+            ax.plot([v.student_parameters], [100 * v.methods[v.best].mean], "*", ms=14, mfc="none", mec="k", mew=1.5,
+                    label=None if marked else "the pick of each pair")
+            marked = True
+    ax.set(xscale="log", xlabel="student parameters", ylabel=f"test {metric} (points, mean ± 95% CI)",
+           title="Capacity gap")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     files.append(_save(fig, folder / "capacity_gap.png"))
@@ -261,9 +293,12 @@ def plots(study: Study, rows: list[dict], table: list[Verdict], folder: Path) ->
         first, _ = stage_split(c["epochs"], c["stage1_fraction"])
         Ts = [temperature(c["schedule"], e, first, c["tau_max"], c["decay"]) for e in range(first)]
         Ts.append(Ts[-1])  # each value holds for its whole epoch: draw the last one to the stage's end
-        label = f"{v.teacher} → {v.student} ({c['schedule']}, tau_max={c['tau_max']})"
+        label = (f"{v.student} ← {v.teacher}: {c['schedule']}, tau_max {c['tau_max']:g}"
+                 + (" (the pick)" if v.best == "annealing" else ""))
         ax_t.step(range(first + 1), Ts, where="post", label=label)
         ax_p.step(range(first + 1), [phi(T, c["tau_max"]) for T in Ts], where="post")
+    for ax in (ax_t, ax_p):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_t.set(xlabel="stage-I epoch", ylabel="T", title="temperature")
     ax_p.set(xlabel="stage-I epoch", ylabel="phi(T)", title="teacher-logit scale")
     if ax_t.get_legend_handles_labels()[0]:

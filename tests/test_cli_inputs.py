@@ -214,6 +214,23 @@ CASES: dict[str, Case] = {
     "loaded teacher is a text file": study(both(at("teachers", "big", "prepare", value="load"),
                                                 at("teachers", "big", "path", value="space.yaml")),
                                            "teachers.big.path: {space} holds no trained model"),
+    "loaded teacher is a corrupt .pt": study(both(at("teachers", "big", "prepare", value="load"),
+                                                  at("teachers", "big", "path", value="trained.pt")),
+                                             "teachers.big.path: {tmp}/trained.pt holds no loadable model",
+                                             prepare=lambda tmp: (tmp / "trained.pt").write_bytes(b"PK\x03\x04 not a zip")),
+    "loaded teacher is a foreign pickle": study(both(at("teachers", "big", "prepare", value="load"),
+                                                     at("teachers", "big", "path", value="trained.pt")),
+                                                "teachers.big.path: {tmp}/trained.pt holds no loadable model",
+                                                "not a state dict", prepare=lambda tmp: _torch_save(
+                                                    ["a", "list"], tmp / "trained.pt")),
+    "loaded teacher is a truncated safetensors": study(
+        both(at("teachers", "big", "prepare", value="load"), at("teachers", "big", "path", value="trained")),
+        "teachers.big.path: {tmp}/trained/model.safetensors holds no loadable model", "not a safetensors file",
+        prepare=lambda tmp: _truncated_safetensors(tmp / "trained")),
+    "global batch does not split over the workers": study(
+        both(at("resources", "workers", value=2), at("train", "batch_size", value=65)),
+        "{study}: train.batch_size: 65 is the global batch and does not split over resources.workers = 2",
+        "e.g. 64 or 66"),
     "storage is a file": study(at("storage", value="space.yaml"), "storage: {space} is a file"),
     "storage under a file": study(at("storage", value="space.yaml/results"), "storage: {space} is a file"),
     # -- the search space
@@ -280,6 +297,26 @@ CASES: dict[str, Case] = {
     "extra argument": lambda tmp: ([str(write(tmp, base_study())), "other.yaml"], ["unexpected extra argument"]),
 }
 GLUE_CASES = {k for k in CASES if k.startswith("GLUE")}  # they import torch to read GLUE's formats: ~5 s each
+# a valid study this machine cannot run: `tune` refuses it, `validate` warns (test_validate_warns_...)
+MACHINE_CASES = {"a GPU per trial on a CPU machine", "more CPUs per trial than the machine"}
+
+
+def _torch_save(obj, path: Path) -> None:
+    import torch
+
+    torch.save(obj, path)
+
+
+def _truncated_safetensors(folder: Path) -> None:
+    """An akd-ray model folder whose weights file was cut short (an interrupted copy)."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    (folder / "model.json").write_text('{"spec": {"kind": "mlp", "hidden": [8]}}')
+    save_file({"w": torch.zeros(64, 8)}, str(folder / "model.safetensors"))
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
 
 
 def run_cli(tmp: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -306,7 +343,8 @@ def assert_refused(result: subprocess.CompletedProcess, tmp: Path, phrases: list
 def params():
     for name in CASES:
         marks = [pytest.mark.slow] if name in GLUE_CASES else []
-        yield pytest.param("validate", name, id=f"validate-{name}", marks=marks)
+        if name not in MACHINE_CASES:
+            yield pytest.param("validate", name, id=f"validate-{name}", marks=marks)
         if name not in GLUE_CASES or name == "GLUE: label outside the set":  # one GLUE case is enough for tune
             yield pytest.param("tune", name, id=f"tune-{name}", marks=marks)
 
@@ -346,6 +384,20 @@ def test_an_unknown_tracking_scheme_in_the_environment_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- good input
+@pytest.mark.parametrize("name", sorted(MACHINE_CASES))
+def test_validate_warns_when_only_this_machine_cannot_run_a_valid_study(tmp_path, name):
+    args, phrases = CASES[name](tmp_path)
+    result = run_cli(tmp_path, "validate", *args)
+    assert result.returncode == 0, result.stderr
+    assert f"{args[0]}: valid" in result.stdout
+    (warning,) = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    for phrase in (*phrases, "The study is valid", "--address", "ray up cluster.yaml"):
+        assert phrase in warning, f"{phrase!r} not in {warning!r}"
+    with_cluster = run_cli(tmp_path, "validate", *args, "--address", "ray://head:10001")
+    assert with_cluster.returncode == 0 and "warning" not in with_cluster.stderr  # checked on the cluster
+
+
+
 def test_validate_prints_the_plan_and_creates_nothing(tmp_path):
     d = base_study()
     d["students"]["tiny"] = {"kind": "mlp", "hidden": [2]}
@@ -385,3 +437,8 @@ def test_cli_basics(tmp_path):
     for phrase in ("Repeat it for several fields", "read as YAML", "Results go to <storage>/<name>/",
                    "resumes the study", "tune.log", "--address", "--verbose"):
         assert phrase in text, phrase
+    ui = " ".join(run_cli(tmp_path, "ui", "-h").stdout.split())
+    for phrase in ("--open", "print the address of its answer", "recommended method, tau_max and mean in points"):
+        assert phrase in ui, phrase
+    validate = " ".join(run_cli(tmp_path, "validate", "-h").stdout.split())
+    assert "Exit 2: the study is wrong. Exit 0 with a warning" in validate

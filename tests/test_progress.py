@@ -80,6 +80,30 @@ def test_a_trial_line_says_which_trial_how_it_ended_and_how_far_the_phase_is():
 
 
 # ---------------------------------------------------------------------------------------- end to end
+def test_teacher_epochs_are_plain_lines_without_a_terminal(tmp_path):
+    """`ray job submit` or a log: every teacher epoch is one line (the driver polls its epoch file
+    twice a second; an epoch is said once), and nothing is a control code."""
+    import io
+
+    from akd_ray.config import Study
+    from akd_ray.progress import PlainView, Tracker
+
+    study = Study.model_validate({"name": "p", "task": {"name": "digits"}, "storage": str(tmp_path),
+                                  "teachers": {"minilm": {"model": {"kind": "mlp", "hidden": [8]}}},
+                                  "students": {"s": {"kind": "mlp", "hidden": [4]}},
+                                  "search": {"space": "space.yaml", "trials": {"kd": 1}}})
+    out = io.StringIO()
+    tracker = Tracker(study, None, tmp_path, PlainView(out))
+    tracker.teacher("minilm", "preparing")
+    for epoch, val in ((1, 0.5), (1, 0.5), (2, 0.75), (2, 0.75), (3, None)):
+        tracker.teacher("minilm", "training", epoch, 3, val=val)
+    tracker.teacher("minilm", "ready", seconds=65)
+    assert out.getvalue().splitlines() == ["teacher minilm: preparing", "teacher minilm: epoch 1/3, val 0.5000",
+                                           "teacher minilm: epoch 2/3, val 0.7500", "teacher minilm: epoch 3/3",
+                                           "teacher minilm: ready in 1:05"]
+    assert json.loads((tmp_path / "status.json").read_text())["teachers"]["minilm"]["state"] == "ready"
+
+
 def counts(status_text: str) -> dict[str, dict[str, int]]:
     """`akd-ray status` rows -> {method: {state: n, 'of': budget}}."""
     out = {}

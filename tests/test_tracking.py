@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -382,7 +383,9 @@ def test_report_and_teacher_fingerprints_land_on_the_study_run(mlflow_server, tm
     (tmp_path / "pairs.md").write_text("# verdict\n")
     tracking.log_teachers(parent, {"mlp-64": "0123abcd"}, {"mlp-64": {"metric": "accuracy", "val": 0.9,
                                                                       "majority_val": 0.1}})
-    verdict = SimpleNamespace(teacher="mlp-64", student="mlp-4", best="scratch", text="scratch is best")
+    verdict = SimpleNamespace(teacher="mlp-64", student="mlp-4", best="scratch", text="scratch is best",
+                              decided=True, methods={"scratch": SimpleNamespace(
+                                  mean=0.9, low=0.88, high=0.92, n=3, config={"lr": 0.01})})
     tracking.log_report(parent, [tmp_path / "results.csv", tmp_path / "pairs.md"], [verdict])
     client = MlflowClient(mlflow_server.uri)
     run = client.get_run(parent)
@@ -390,5 +393,100 @@ def test_report_and_teacher_fingerprints_land_on_the_study_run(mlflow_server, tm
     assert run.data.metrics["teacher.mlp-64.val"] == 0.9 and run.data.metrics["teacher.mlp-64.majority_val"] == 0.1
     assert run.data.tags["verdict.mlp-64.mlp-4"] == "scratch is best"
     assert run.data.tags["recommended.mlp-64.mlp-4"] == "scratch"
-    assert run.data.tags["mlflow.note.content"] == "# verdict\n"  # the run's description in the UI
+    assert run.data.tags["mlflow.note.content"].endswith("# verdict\n")  # the run's description in the UI
     assert {a.path for a in client.list_artifacts(parent, "report")} == {"report/results.csv", "report/pairs.md"}
+
+    assert run.data.tags["mlflow.note.content"].startswith(  # the answer before any detail
+        "- **mlp-4 ← mlp-64**: scratch, 90.00 ± 2.00 points. scratch is best")
+
+
+# ---------------------------------------------------------------------------------------- the answer at a glance
+PICK_PARAMS = {"scratch": {"lr": 0.01}, "kd": {"alpha": 0.5, "lr": 0.01},
+               "annealing": {"tau_max": 4, "schedule": "cosine", "lr": 0.01}}
+# test metric per confirmation seed: annealing wins for mlp-16, scratch for mlp-2
+CONFIRMED = {"mlp-16": {"annealing": [0.981, 0.985, 0.983], "kd": [0.95, 0.952, 0.948], "scratch": [0.94, 0.945, 0.943]},
+             "mlp-2": {"annealing": [0.80, 0.85, 0.82], "kd": [0.83, 0.81, 0.84], "scratch": [0.86, 0.87, 0.865]}}
+
+
+def confirmed_rows() -> list[dict]:
+    rows = []
+    for student, by_method in CONFIRMED.items():
+        for method, values in by_method.items():
+            common = {"teacher": "mlp-64", "student": student, "method": method, "params": PICK_PARAMS[method],
+                      "finished": True, "student_parameters": 100}
+            rows.append({**common, "phase": "search", "seed": None, "val_best": max(values), "test_metric": max(values)})
+            rows += [{**common, "phase": "confirm", "seed": i, "val_best": 0.9, "test_metric": v}
+                     for i, v in enumerate(values)]
+    return rows
+
+
+@pytest.mark.slow
+def test_pair_runs_and_the_registry_read_at_a_glance(tmp_path, student_dir, digits):
+    """Every pair run: the verdict as its description, the registered model, the same metric names in
+    points; the registered model says the pick itself; the study run opens with one line per pair."""
+    from akd_ray import report
+    from akd_ray.tracking.ui import VIEW_TAG, study_url
+
+    (tmp_path / "space.yaml").write_text("params: {}\n")
+    study = Study.model_validate({
+        "name": "glance", "task": {"name": "digits"}, "storage": str(tmp_path / "storage"),
+        "teachers": {"mlp-64": {"model": {"kind": "mlp", "hidden": [64]}}},
+        "students": {"mlp-16": {"kind": "mlp", "hidden": [16]}, "mlp-2": {"kind": "mlp", "hidden": [2]}},
+        "search": {"space": str(tmp_path / "space.yaml"), "trials": {"scratch": 1, "kd": 1, "annealing": 1},
+                   "confirm_seeds": 3}})
+    verdicts = report.verdicts(study, confirmed_rows())
+    assert [v.best for v in verdicts] == ["annealing", "scratch"]
+    parent = tracking.start_study(study, "name: glance\n", "params: {}\n")
+    client = tracking.client_for()
+    experiment_id = client.get_run(parent).info.experiment_id
+    for v in verdicts:
+        pair = tracking.pair_run(client, parent, v.teacher, v.student)
+        trial = client.create_run(experiment_id, tags={"mlflow.parentRunId": pair})
+        client.log_metric(trial.info.run_id, "test_metric", 0.97125)
+        tracking.register_best(study, (v.teacher, v.student), trial.info.run_id, student_dir, digits, pick=v)
+    tracking.log_picks(parent, verdicts)
+    tracking.log_report(parent, [], verdicts)
+
+    pairs = {r.data.tags["akd.pair"]: r for r in client.search_runs([experiment_id], "tags.`akd.level` = 'pair'")}
+    assert sorted(r.info.run_name for r in pairs.values()) == ["mlp-16 ← mlp-64", "mlp-2 ← mlp-64"]
+    names = {frozenset(r.data.metrics) for r in pairs.values()}
+    assert len(names) == 1, names  # the same columns for every pair, whatever its pick
+    (keys,) = names
+    assert {f"gain_over_{m}" for m in ("scratch", "kd", "annealing")} <= keys and "pick.mean" in keys
+    for v in verdicts:
+        run = pairs[f"{v.teacher}->{v.student}"]
+        best = v.methods[v.best]
+        assert run.data.metrics["pick.mean"] == pytest.approx(100 * best.mean, abs=0.01)  # points
+        assert run.data.metrics[f"gain_over_{v.best}"] == 0
+        for m, (diff, _, _) in v.differences.items():
+            assert run.data.metrics[f"gain_over_{m}"] == pytest.approx(100 * diff, abs=0.01)
+        note = run.data.tags["mlflow.note.content"]
+        assert note.startswith(f"**{v.student} ← {v.teacher}: use {report.describe(v.best, best.config)}**")
+        assert v.text in note and "| method | config | mean ± 95% CI (points)" in note
+        assert all(report.NAMES[m] in note for m in v.methods)
+        name = tracking.model_name("glance", v.teacher, v.student)
+        assert run.data.tags["registered_model"] == f"models:/{name}/1"
+        model = client.get_registered_model(name)
+        assert model.description.startswith(f"Current pick: {report.describe(v.best, best.config)}")
+        assert model.tags["pick.method"] == v.best and model.tags["confirmed.mean"] == f"{100 * best.mean:.2f}"
+        version = client.get_model_version(name, "1")
+        assert version.tags["run.test_metric"] == "97.12"  # one run, in points, named as one run
+        assert version.tags["confirmed.seeds"] == "3" and "test_metric" not in version.tags
+    note = client.get_run(parent).data.tags["mlflow.note.content"].splitlines()
+    assert note[0].startswith("- **mlp-16 ← mlp-64**: Annealing-KD tau_max 4, cosine, 98.30 ± ")
+    assert note[1].startswith("- **mlp-2 ← mlp-64**: scratch, 86.50 ± ")
+    view = json.loads(client.get_experiment(experiment_id).tags[VIEW_TAG])
+    assert view["searchFilter"] == "tags.`akd.level` = 'pair'" and "metrics.`pick.mean`" in view["selectedColumns"]
+    url = study_url(study, "http://127.0.0.1:5000")
+    assert url == (f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?viewStateShareKey=akd-ray-pairs"
+                   "&workflowType=machine_learning")
+
+
+def test_trial_names_say_what_the_trial_tried():
+    from akd_ray.tracking.callback import trial_name
+
+    assert trial_name({"method": "annealing", "tau_max": 4, "schedule": "cosine", "phase": "search"},
+                      "abc12_00003") == "annealing τ4 cosine #3"
+    assert trial_name({"method": "kd", "alpha": 0.5, "kd_temperature": 4.0, "tau_max": 4, "phase": "search"},
+                      "abc12_00011") == "kd α0.5 T4 #11"
+    assert trial_name({"method": "scratch", "phase": "confirm", "seed": 5}, "x_00001") == "scratch seed 5"

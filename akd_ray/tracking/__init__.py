@@ -3,13 +3,15 @@
     study   -> experiment `mlflow.experiment` (default: the study name)            study_run.py
                parent run tagged `akd.study=<name>`: study file, search space, code version,
                teachers, the report, the verdict per pair
-    pair    -> a run under the study run, its trials under it; at the end the      study_run.py
-               pair's pick as params/metrics (method, tau_max, schedule, mean, CI, gains)
+    pair    -> a run `<student> ← <teacher>` under the study run, its trials under it;  study_run.py
+               at the end the pair's pick: params/metrics in points (the same names for every
+               pair), the verdict as its description, the registered model's URI
     trial   -> child run (`mlflow.parentRunId`, `akd.trial_id`): config as params,    callback.py
                per-epoch metrics at step = epoch, FINISHED / FAILED / KILLED
     best    -> registered model `<study>-<teacher>-<student>`, alias `best`         registry.py
                a pyfunc on raw inputs that loads without Ray                       student.py
     where   -> tracking URI, reachability, batched writes, fail-fast HTTP           store.py
+    the UI  -> the pair view saved on the experiment, the address that opens it     ui.py
 
 Everything is idempotent by tag, so a resumed study or a restarted trial reuses its runs.
 `start_study` makes the study's tracking URI the process default, which the later calls use. The

@@ -153,7 +153,7 @@ class MlflowCallback(Callback):
                     "teacher": teacher, "student": student, "pair": f"{teacher}->{student}",
                     "method": config.get("method", "?"), "phase": config.get("phase", "?"),
                     "seed": config.get("seed", "?")}
-            name = f"{tags['method']}-{teacher}-{student}-{trial.trial_id}"
+            name = trial_name(config, trial.trial_id)
             state = self._trials[trial.trial_id] = _TrialRun(trial.trial_id, name, {k: str(v) for k, v in tags.items()})
         return state
 
@@ -272,6 +272,28 @@ class MlflowCallback(Callback):
             self.client.set_terminated(run_id, status=call[1], end_time=call[2])
         else:
             raise ValueError(f"unknown buffered call {kind!r}")
+
+
+def trial_name(config: dict, trial_id: str) -> str:
+    """A short name that says what the trial tried (its pair is its parent run): `annealing τ4 cosine
+    #3`, `kd α0.5 T4 #2`, `scratch #1`; a confirmation run ends in its seed instead: `... seed 5`."""
+    method = config.get("method", "?")
+    bits = [str(method)]
+    if config.get("tau_max") is not None and method in ("annealing", "prokd"):
+        bits.append(f"τ{config['tau_max']:g}")
+    if config.get("schedule") and method in ("annealing", "prokd"):
+        bits.append(str(config["schedule"]))
+    if config.get("alpha") is not None and method in ("kd", "takd"):
+        bits.append(f"α{config['alpha']:.2g}")
+    if config.get("kd_temperature") is not None and method in ("kd", "takd"):
+        bits.append(f"T{config['kd_temperature']:.2g}")
+    bits += [f"{k.removeprefix('student.')} {v}" for k, v in config.items() if str(k).startswith("student.")]
+    if config.get("phase") == "confirm":
+        bits.append(f"seed {config.get('seed')}")
+    else:
+        number = re.search(r"(\d+)$", str(trial_id))  # Tune's ids end in the trial's index: <exp>_00003
+        bits.append(f"#{int(number.group(1)) if number else trial_id}")
+    return " ".join(bits)
 
 
 def _metric_key(key: str) -> str:

@@ -82,31 +82,49 @@ def register_best(study: Study, pair: tuple[str, str], run_id: str, checkpoint_d
     version = str(info.registered_model_version)
     client.set_registered_model_alias(name, ALIAS, version)
     metrics = client.get_run(run_id).data.metrics
+    one_run = metrics.get("test_metric")
     for k, v in {"study": study.name, "teacher": teacher, "student": student, "run_id": run_id,
-                 "test_metric": metrics.get("test_metric", "")}.items():
+                 "run.test_metric": "" if one_run is None else f"{100 * one_run:.2f}"}.items():
         client.set_model_version_tag(name, version, k, str(v))
     describe_version(client, name, version, pick)
     return client.get_model_version(name, version)
 
 
 def describe_version(client, name: str, version: str, pick) -> None:
-    """The pair's pick on the model version: tags `pick.method`, `pick.<knob>`, `confirmed`, `verdict`
-    and a description that says what was chosen and how sure the study is."""
+    """The pair's pick on the model version and on the registered model itself, in points.
+
+    Version tags: `pick.method`, `pick.<knob>`, `verdict`, `run.test_metric` (this one run's test
+    score, set by `register_best`) beside `confirmed.mean` / `confirmed.std` / `confirmed.ci_low` /
+    `confirmed.ci_high` / `confirmed.seeds` (the pick's config over the confirmation seeds). The
+    registered model gets the same pick as tags, `best.version`, and a description that opens with it.
+    """
     if pick is None or pick.best is None:
         return
     from akd_ray.report import describe
 
     best = pick.methods[pick.best]
-    confirmed = (f"{100 * best.mean:.2f} ± {100 * best.std:.2f} (95% CI {100 * best.low:.2f}…{100 * best.high:.2f}, "
-                 f"{best.n} seeds)" if best.n > 1 else f"{100 * best.mean:.2f} (1 run)")
-    tags = {"pick.method": pick.best, **{f"pick.{k}": v for k, v in best.config.items()}, "confirmed": confirmed,
-            "verdict": pick.text}
-    for k, v in tags.items():
+    confirmed = {"confirmed.mean": f"{100 * best.mean:.2f}", "confirmed.seeds": str(best.n)}
+    if best.n > 1:
+        confirmed.update({"confirmed.std": f"{100 * best.std:.2f}", "confirmed.ci_low": f"{100 * best.low:.2f}",
+                          "confirmed.ci_high": f"{100 * best.high:.2f}"})
+    text = (f"{100 * best.mean:.2f} ± {100 * best.std:.2f} points (95% CI {100 * best.low:.2f}…{100 * best.high:.2f}, "
+            f"{best.n} seeds)" if best.n > 1 else f"{100 * best.mean:.2f} points (1 run)")
+    pick_tags = {"pick.method": pick.best, **{f"pick.{k}": str(v) for k, v in best.config.items()},
+                 "verdict": pick.text, **confirmed}
+    for k, v in pick_tags.items():
         client.set_model_version_tag(name, version, k, str(v))
     config = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.config.items())
+    head = f"{describe(pick.best, best.config)} for {pick.teacher} → {pick.student} ({config})"
     client.update_model_version(name, version, description=(
-        f"{describe(pick.best, best.config)} for {pick.teacher} → {pick.student} ({config}). "
-        f"Test metric over the confirmation seeds: {confirmed}. Verdict: {pick.text}."))
+        f"{head}. Test metric over the confirmation seeds: {text}. Verdict: {pick.text}."))
+    for k in client.get_registered_model(name).tags:  # an earlier pick's knobs would read as this one's
+        if k.startswith(("pick.", "confirmed.")) and k not in pick_tags:
+            client.delete_registered_model_tag(name, k)
+    for k, v in {**pick_tags, "best.version": str(version)}.items():
+        client.set_registered_model_tag(name, k, v)
+    client.update_registered_model(name, description=(
+        f"Current pick: {head}, version {version} (alias `{ALIAS}`): {text}. Verdict: {pick.text}. "
+        f"Load it with mlflow.pyfunc.load_model('models:/{name}@{ALIAS}')."))
 
 
 def _input_example(task_name: str, task: TaskData | TaskSpec | None, folder: Path) -> Any:

@@ -24,6 +24,7 @@ STUDY_TAG = "akd.study"  # on the parent run only: finds it again when a study r
 TRIAL_TAG = "akd.trial_id"  # on each trial run: finds it again when a trial restarts
 STUDY_RUN_TAG = "akd.study_run"  # on every run below a study run (pairs, trials): the study run's id
 PAIR_TAG = "akd.pair"  # on each pair run (study -> pair -> trial): `<teacher>-><student>`
+PAIR_LEVEL_TAG, PAIR_LEVEL = "akd.level", "pair"  # what the UI's pair view filters on
 ERROR_TAG = "akd.error"
 OUTCOME_TAG = "akd.outcome"  # finished | stopped (by the scheduler, no final result) | failed
 ALIAS = "best"

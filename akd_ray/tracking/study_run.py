@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import math
 import subprocess
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, ML
 
 import akd_ray
 from akd_ray.config import Study
-from akd_ray.tracking.store import (PAIR_TAG, STUDY_RUN_TAG, STUDY_TAG, TrackingError, _is_number, _log_batch,
+from akd_ray.tracking.store import (ALIAS, PAIR_LEVEL, PAIR_LEVEL_TAG, PAIR_TAG, STUDY_RUN_TAG, STUDY_TAG, TrackingError, _is_number, _log_batch,
                                     _now_ms, check_reachable, client_for, study_dir, tracking_uri)
 
 log = logging.getLogger(__name__)
@@ -84,16 +85,36 @@ def pair_run(client: MlflowClient, parent_run_id: str, teacher: str, student: st
         return found[0].info.run_id
     tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, STUDY_RUN_TAG: parent_run_id, PAIR_TAG: pair,
             "teacher": teacher, "student": student, "pair": pair,
-            "study": parent.data.tags.get(STUDY_TAG, ""), "akd.level": "pair"}
-    return client.create_run(parent.info.experiment_id, run_name=f"{teacher} → {student}", tags=tags).info.run_id
+            "study": parent.data.tags.get(STUDY_TAG, ""), PAIR_LEVEL_TAG: PAIR_LEVEL}
+    return client.create_run(parent.info.experiment_id, run_name=pair_name(teacher, student), tags=tags).info.run_id
+
+
+def pair_name(teacher: str, student: str) -> str:
+    """`mlp-16 ← mlp-256x2`: the student first, since it is what differs between a study's pairs and
+    the runs table cuts long names at the end."""
+    return f"{student} ← {teacher}"
 
 
 def log_picks(parent_run_id: str, verdicts: list) -> None:
-    """Each pair's run gets its pick: params `pick.method`, `pick.<knob>` (tau_max, schedule, ...),
-    metrics `pick.mean` / `pick.ci_low` / `pick.ci_high` / `pick.seeds`, `<method>.mean` per method and
-    `gain_over_<method>` with its Welch interval, tags `verdict` and `decided`; then FINISHED. Sorted or
-    filtered in the runs table, the pair runs *are* the study's answer."""
+    """Each pair's run gets its pick, then FINISHED. Every pair run carries the same names (README,
+    "MLflow"), numbers in points (x100) like the report's text:
+
+    params   `pick.method`, `pick.<knob>` (tau_max, schedule, ...)
+    metrics  `pick.mean`, `pick.std`, `pick.ci_low`, `pick.ci_high` (95% t-interval), `pick.seeds`;
+             `<method>.mean` and `gain_over_<method>` (pick - method on test, the paired-bootstrap
+             interval at the Holm-corrected level in `gain_over_<method>.ci_low` / `.ci_high`) for
+             every method of the study: 0 for the pick itself, NaN where a method has no result
+    tags     `recommended` (the pick in words), `verdict`, `decided` (true: ahead of every other
+             method on validation beyond noise, nothing missing), `registered_model`
+             (`models:/<name>/<version>`)
+    note     the run's description: the verdict and a table of every method (`pair_note`)
+
+    Sorted or filtered in the runs table, the pair runs *are* the study's answer.
+    """
+    from akd_ray.report import describe
+
     client = client_for()
+    study_name = client.get_run(parent_run_id).data.tags.get(STUDY_TAG, "")
     for v in verdicts:
         run_id = pair_run(client, parent_run_id, v.teacher, v.student)
         best = v.methods.get(v.best) if v.best else None
@@ -102,19 +123,84 @@ def log_picks(parent_run_id: str, verdicts: list) -> None:
         changed = sorted(k for k, val in params.items() if k in held and held[k] != str(val))
         if changed:  # MLflow params are immutable: the verdict tag says what the pick is now
             log.warning("pair run %s keeps its first %s; the new pick is in its `verdict` tag", run_id, changed)
-        metrics = {f"{m}.mean": r.mean for m, r in v.methods.items() if r.n}
-        if best is not None:
-            metrics.update({"pick.mean": best.mean, "pick.std": best.std, "pick.ci_low": best.low,
-                            "pick.ci_high": best.high, "pick.seeds": best.n})
-        for m, (diff, low, high) in v.differences.items():
-            metrics.update({f"gain_over_{m}": diff, f"gain_over_{m}.ci_low": low, f"gain_over_{m}.ci_high": high})
+        model = _registered(client, study_name, v.teacher, v.student)
+        tags = {"verdict": v.text, "decided": str(v.decided).lower(),
+                "recommended": describe(v.best, best.config) if best else "none",
+                MLFLOW_RUN_NOTE: pair_note(v, model)}
+        if model is not None:
+            tags["registered_model"] = model
         _log_batch(client, run_id, params={k: val for k, val in params.items() if k not in held},
-                   metrics=[Metric(k, float(val), _now_ms(), 0) for k, val in metrics.items() if val == val],
-                   tags={"verdict": v.text, "decided": str(v.decided).lower()})
+                   metrics=[Metric(k, round(float(val), 2), _now_ms(), 0) for k, val in pair_metrics(v).items()],
+                   tags=tags)  # 2 decimals: the runs table shows a float's every digit
         client.set_terminated(run_id, status="FINISHED")
 
 
-def _experiment(client: MlflowClient, study: Study) -> str:
+def pair_metrics(v) -> dict[str, float]:
+    """A verdict's numbers under the names every pair run shares (see `log_picks`), in points."""
+    nan = math.nan
+    best = v.methods.get(v.best) if v.best else None
+    out = {"pick.mean": nan, "pick.std": nan, "pick.ci_low": nan, "pick.ci_high": nan, "pick.seeds": 0.0}
+    if best is not None:
+        out.update({"pick.mean": 100 * best.mean, "pick.std": 100 * best.std, "pick.ci_low": 100 * best.low,
+                    "pick.ci_high": 100 * best.high, "pick.seeds": float(best.n)})
+    for m, r in v.methods.items():
+        out[f"{m}.mean"] = 100 * r.mean if r.n else nan
+        diff, low, high = (0.0, 0.0, 0.0) if m == v.best else v.differences.get(m, (nan, nan, nan))
+        out.update({f"gain_over_{m}": 100 * diff, f"gain_over_{m}.ci_low": 100 * low,
+                    f"gain_over_{m}.ci_high": 100 * high})
+    return out
+
+
+def pair_note(v, model: str | None = None) -> str:
+    """The pair run's description (Markdown): the verdict in one line, then one row per method."""
+    from akd_ray.report import NAMES, describe
+
+    best = v.methods.get(v.best) if v.best else None
+    verb = "use" if v.decided else "no method clearly better; recommended"
+    head = (f"**{pair_name(v.teacher, v.student)}: {verb} {describe(v.best, best.config)}**, "
+            f"test {_points(best)} points" if best else f"**{pair_name(v.teacher, v.student)}: no pick**")
+    lines = [head, "", v.text + ("" if v.decided else
+                                 " *(not decided: chosen on validation, the pick is not ahead of every other "
+                                 "method beyond noise, or a run is missing)*"), "",
+             "| method | config | test mean ± 95% CI (points) | seeds finished/run | pick − this on test "
+             "(bootstrap, Holm) |", "|---|---|---|---|---|"]
+    for m, r in v.methods.items():
+        config = ", ".join(f"{k} {val:.3g}" if isinstance(val, float) else f"{k} {val}" for k, val in r.config.items())
+        d = (0.0, 0.0, 0.0) if m == v.best else v.differences.get(m)
+        gain = "—" if m == v.best or d is None else f"{_signed(d[0])} ({_signed(d[1])}…{_signed(d[2])})"
+        name = f"**{NAMES.get(m, m)}** (pick)" if m == v.best else NAMES.get(m, m)
+        seeds = f"{r.finished}/{r.run}" if getattr(r, "run", 0) else str(r.n)
+        lines.append(f"| {name} | {config if r.n else ''} | {_points(r) if r.n else 'n/a'} | {seeds} | {gain} |")
+    if model is not None:
+        lines += ["", f"Registered student: `{model}` (alias `best`)"]
+    return "\n".join(lines)
+
+
+def _points(r) -> str:
+    if r.n < 2 or r.low != r.low:
+        return f"{100 * r.mean:.2f} (1 run)" if r.n == 1 else f"{100 * r.mean:.2f}"
+    return f"{100 * r.mean:.2f} ± {100 * (r.high - r.mean):.2f}"
+
+
+def _signed(x: float) -> str:
+    return "n/a" if x != x else f"{100 * x:+.2f}"
+
+
+def _registered(client: MlflowClient, study_name: str, teacher: str, student: str) -> str | None:
+    """`models:/<name>/<version>` of the pair's registered best student, None if there is none."""
+    from mlflow.exceptions import MlflowException
+
+    from akd_ray.tracking.registry import model_name
+
+    name = model_name(study_name, teacher, student)
+    try:
+        version = client.get_model_version_by_alias(name, ALIAS)
+    except MlflowException:
+        return None
+    return f"models:/{name}/{version.version}"
+
+
+def _find_or_create_experiment(client: MlflowClient, study: Study) -> str:
     name = study.mlflow.experiment or study.name
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
@@ -128,6 +214,15 @@ def _experiment(client: MlflowClient, study: Study) -> str:
     if EXPERIMENT_KIND not in experiment.tags:
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
     return experiment.experiment_id
+
+
+def _experiment(client: MlflowClient, study: Study) -> str:
+    """The study's experiment, with the UI's pair view saved on it (akd_ray.tracking.ui)."""
+    from akd_ray.tracking.ui import save_view
+
+    experiment_id = _find_or_create_experiment(client, study)
+    save_view(client, experiment_id, study.search.methods)
+    return experiment_id
 
 
 def code_version() -> dict[str, str]:
@@ -164,8 +259,8 @@ def log_teachers(parent_run_id: str, fingerprints: dict[str, str], quality: dict
 
 def log_report(parent_run_id: str, files: list[Path], verdicts: list = ()) -> None:
     """Attach the report (CSV, Markdown, plots; folders too) to the study run under `report/`; the
-    verdict per pair becomes the run's description and tags `verdict.<teacher>.<student>` and
-    `recommended.<teacher>.<student>`."""
+    run's description opens with one line per pair (`verdict_lines`), then the Markdown report; tags
+    `verdict.<teacher>.<student>` and `recommended.<teacher>.<student>`."""
     client = client_for()
     for f in map(Path, files):
         if f.is_dir():
@@ -177,6 +272,21 @@ def log_report(parent_run_id: str, files: list[Path], verdicts: list = ()) -> No
     for v in verdicts:
         tags[f"verdict.{v.teacher}.{v.student}"] = v.text
         tags[f"recommended.{v.teacher}.{v.student}"] = v.best or "none"
-    if markdown is not None:
-        tags[MLFLOW_RUN_NOTE] = markdown
+    if markdown is not None or verdicts:
+        head = verdict_lines(verdicts)
+        tags[MLFLOW_RUN_NOTE] = "\n".join([*head, "", "---", "", markdown or ""]) if head else markdown
     _log_batch(client, parent_run_id, tags=tags)
+
+
+def verdict_lines(verdicts: list) -> list[str]:
+    """One Markdown line per pair, the answer first: `- **mlp-16 ← mlp-256x2**: Annealing-KD tau_max 4,
+    cosine, 98.33 ± 0.28 points`, then the verdict."""
+    from akd_ray.report import describe
+
+    out = []
+    for v in verdicts:
+        best = v.methods.get(v.best) if v.best else None
+        pick = f"{describe(v.best, best.config)}, {_points(best)} points" if best else "no pick"
+        out.append(f"- **{pair_name(v.teacher, v.student)}**: {pick}. {v.text}"
+                   + ("" if v.decided or best is None else " (not decided)"))
+    return out
