@@ -42,7 +42,7 @@ def register_best(study: Study, pair: tuple[str, str], run_id: str, checkpoint_d
 
     `checkpoint_dir` is the student folder (`model.json` inside) or a trial checkpoint holding
     `student/`. `task` (TaskData: real inputs; default the study's task) makes the input example.
-    `pick` (the pair's akd_ray.report.Verdict) goes on the version as tags and its description.
+    `pick` (the pair's akd_ray.verdict.Verdict) goes on the version as tags and its description.
     Returns the ModelVersion; `mlflow.pyfunc.load_model("models:/<name>@best")` predicts with it.
     """
     folder = Path(checkpoint_dir)
@@ -100,7 +100,7 @@ def describe_version(client, name: str, version: str, pick) -> None:
     """
     if pick is None or pick.best is None:
         return
-    from akd_ray.report import describe
+    from akd_ray.verdict import describe
 
     best = pick.methods[pick.best]
     confirmed = {"confirmed.mean": f"{100 * best.mean:.2f}", "confirmed.seeds": str(best.n)}

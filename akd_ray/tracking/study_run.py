@@ -111,7 +111,7 @@ def log_picks(parent_run_id: str, verdicts: list) -> None:
 
     Sorted or filtered in the runs table, the pair runs *are* the study's answer.
     """
-    from akd_ray.report import describe
+    from akd_ray.verdict import describe
 
     client = client_for()
     study_name = client.get_run(parent_run_id).data.tags.get(STUDY_TAG, "")
@@ -153,7 +153,7 @@ def pair_metrics(v) -> dict[str, float]:
 
 def pair_note(v, model: str | None = None) -> str:
     """The pair run's description (Markdown): the verdict in one line, then one row per method."""
-    from akd_ray.report import NAMES, describe
+    from akd_ray.verdict import NAMES, describe
 
     best = v.methods.get(v.best) if v.best else None
     verb = "use" if v.decided else "no method clearly better; recommended"
@@ -281,7 +281,7 @@ def log_report(parent_run_id: str, files: list[Path], verdicts: list = ()) -> No
 def verdict_lines(verdicts: list) -> list[str]:
     """One Markdown line per pair, the answer first: `- **mlp-16 ← mlp-256x2**: Annealing-KD tau_max 4,
     cosine, 98.33 ± 0.28 points`, then the verdict."""
-    from akd_ray.report import describe
+    from akd_ray.verdict import describe
 
     out = []
     for v in verdicts:
