@@ -31,11 +31,21 @@ ROWS_FILE = "trials.json"
 TEACHERS_FILE = "teachers.json"
 LEVEL = 0.95
 MIN_SEEDS = 3  # below this a 95% interval is too wide to say anything (t = 4.3 at n = 3)
-NAMES = {"scratch": "scratch", "kd": "KD", "takd": "TAKD", "annealing": "Annealing-KD", "prokd": "Pro-KD"}
+NAMES = {"scratch": "scratch", "kd": "KD", "takd": "TAKD", "annealing": "Annealing-KD", "prokd": "Pro-KD",
+         "layers": "layer matching", "minimax": "MiniMax augmentation", "kd+layers": "KD + layers",
+         "kd+minimax": "KD + MiniMax", "annealing+layers": "Annealing-KD + layers",
+         "annealing+minimax": "Annealing-KD + MiniMax"}
 # the knobs that define each method's recipe, in the order a reader wants them
 KNOBS = {"scratch": ("lr",), "kd": ("alpha", "kd_temperature", "lr"), "takd": ("alpha", "kd_temperature", "lr"),
          "annealing": ("tau_max", "schedule", "decay", "stage1_fraction", "lr"),
-         "prokd": ("tau_max", "schedule", "decay", "stage1_fraction", "lr")}
+         "prokd": ("tau_max", "schedule", "decay", "stage1_fraction", "lr"),
+         "layers": ("beta", "layer_map", "lr"),
+         "minimax": ("minimax_eps", "minimax_steps", "minimax_weight", "kd_temperature", "lr"),
+         "kd+layers": ("alpha", "kd_temperature", "beta", "layer_map", "lr"),
+         "kd+minimax": ("alpha", "kd_temperature", "minimax_eps", "minimax_steps", "minimax_weight", "lr"),
+         "annealing+layers": ("tau_max", "schedule", "decay", "stage1_fraction", "beta", "layer_map", "lr"),
+         "annealing+minimax": ("tau_max", "schedule", "decay", "stage1_fraction", "minimax_eps", "minimax_steps",
+                               "minimax_weight", "lr")}
 
 
 # ---------------------------------------------------------------------------------------- statistics

@@ -104,3 +104,32 @@ def test_lever_methods_run_on_a_truncated_minilm_with_real_sst2_rows(sst2, minil
     result = run_distillation(run, on_epoch=lambda m, s: history.append(m))
     assert len(history) == 2 and all(torch.isfinite(torch.tensor(h["train_loss"])) for h in history)
     assert 0 <= result["test_accuracy"] <= 1 and result["student_parameters"] > 0
+
+
+# ---------------------------------------------------------------------------------------- validate
+def _study(students: dict, methods: dict, teacher: dict | None = None, task: str = "digits"):
+    from akd_ray.config import Study
+    return Study.model_validate({
+        "name": "s", "task": {"name": task}, "students": students, "source": "/x/study.yaml",
+        "teachers": {"t": {"model": teacher or {"kind": "mlp", "hidden": [32]}}},
+        "search": {"space": "space.yaml", "trials": methods}})
+
+
+def test_validate_refuses_a_lever_on_a_model_that_cannot_provide_it_naming_method_and_model():
+    from akd_ray.preflight import PreflightError, check_levers
+
+    check_levers(_study({"a": {"kind": "mlp", "hidden": [8]}}, {"layers": 1, "kd+minimax": 1}))
+    check_levers(_study({"flat": {"kind": "mlp", "hidden": []}}, {"minimax": 1, "kd": 1}))  # minimax needs no layer
+    with pytest.raises(PreflightError, match=r"students\.flat: method 'kd\+layers' matches hidden layers, but this "
+                                             r"mlp student has none"):
+        check_levers(_study({"flat": {"kind": "mlp", "hidden": []}}, {"kd+layers": 1}))
+    with pytest.raises(PreflightError, match=r"teachers\.t\.model: method 'layers' .* this cnn teacher has none"):
+        check_levers(_study({"c": {"kind": "cnn"}}, {"layers": 1}, teacher={"kind": "cnn", "channels": []},
+                            task="cifar10"))
+    hf = {"kind": "hf", "path": "google-bert/bert-base-uncased"}
+    with pytest.raises(PreflightError, match=r"students\.own: method 'annealing\+minimax' runs the teacher on the "
+                                             r"student's inputs, but an hf student reads its own tokenizer"):
+        check_levers(_study({"own": {"kind": "hf", "path": "prajjwal1/bert-tiny"}}, {"annealing+minimax": 1},
+                            teacher=hf, task="glue/sst2"))
+    check_levers(_study({"cut": {"kind": "hf_truncate", "layers": 2}}, {"annealing+minimax": 1, "layers": 1},
+                        teacher=hf, task="glue/sst2"))
