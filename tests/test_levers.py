@@ -133,3 +133,19 @@ def test_validate_refuses_a_lever_on_a_model_that_cannot_provide_it_naming_metho
                             teacher=hf, task="glue/sst2"))
     check_levers(_study({"cut": {"kind": "hf_truncate", "layers": 2}}, {"annealing+minimax": 1, "layers": 1},
                         teacher=hf, task="glue/sst2"))
+
+
+def test_the_levers_space_scopes_each_knob_to_the_methods_that_use_it():
+    from pathlib import Path
+
+    from optuna.trial import FixedTrial
+
+    from akd_ray.space import load_space, sample
+    space = load_space(Path(__file__).resolve().parents[1] / "search_spaces" / "levers.yaml")
+    point = {"tau_max": 3, "schedule": "step", "alpha": 0.5, "kd_temperature": 2.0, "beta": 1.0, "layer_map": "random",
+             "minimax_eps": 0.1, "minimax_steps": 2, "minimax_weight": 0.5, "lr": 0.01}
+    assert set(sample(space, "annealing+layers", FixedTrial(point))) == {"tau_max", "schedule", "beta", "layer_map", "lr"}
+    assert set(sample(space, "kd+minimax", FixedTrial(point))) == {"alpha", "kd_temperature", "minimax_eps",
+                                                                   "minimax_steps", "minimax_weight", "lr"}
+    assert set(sample(space, "layers", FixedTrial(point))) == {"beta", "layer_map", "lr"}
+    assert set(sample(space, "scratch", FixedTrial(point))) == {"lr"}
