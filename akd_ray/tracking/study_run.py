@@ -102,11 +102,13 @@ def log_picks(parent_run_id: str, verdicts: list) -> None:
         changed = sorted(k for k, val in params.items() if k in held and held[k] != str(val))
         if changed:  # MLflow params are immutable: the verdict tag says what the pick is now
             log.warning("pair run %s keeps its first %s; the new pick is in its `verdict` tag", run_id, changed)
-        metrics = {f"{m}.mean": r.mean for m, r in v.methods.items() if r.n}
+        # MLflow metric names take no '+': 'annealing+layers' is logged as 'annealing-layers'
+        metrics = {f"{m.replace('+', '-')}.mean": r.mean for m, r in v.methods.items() if r.n}
         if best is not None:
             metrics.update({"pick.mean": best.mean, "pick.std": best.std, "pick.ci_low": best.low,
                             "pick.ci_high": best.high, "pick.seeds": best.n})
         for m, (diff, low, high) in v.differences.items():
+            m = m.replace("+", "-")
             metrics.update({f"gain_over_{m}": diff, f"gain_over_{m}.ci_low": low, f"gain_over_{m}.ci_high": high})
         _log_batch(client, run_id, params={k: val for k, val in params.items() if k not in held},
                    metrics=[Metric(k, float(val), _now_ms(), 0) for k, val in metrics.items() if val == val],
