@@ -37,7 +37,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from akd_ray import preflight, progress
 from akd_ray.capacity import COST, smallest_within
-from akd_ray.config import ConfigError, RunConfig, Study, TaskSpec, TrainSpec
+from akd_ray.config import ConfigError, RunConfig, Study, TaskSpec, TrainSpec, two_stage
 from akd_ray.preflight import budgets, check_space
 from akd_ray.space import STUDENT, Space, define_by_run, student_values
 from akd_ray.teacher import teacher_info
@@ -116,7 +116,7 @@ def rung_time(method: str, result: dict) -> int | None:
     onto phi(T) * teacher logits is not yet trained for the labels -- and for the final result."""
     if "stage_epoch" not in result or result.get("final"):
         return None
-    if method in TWO_STAGE:
+    if two_stage(method):
         return result["stage_epoch"] + 1 if result["stage"] == 2 else None
     return result["epoch"] + 1
 
