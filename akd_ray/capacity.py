@@ -27,12 +27,13 @@ from scipy import stats  # the t quantile of the trend plot's band
 
 from akd_ray.config import Study
 from akd_ray.stats import LEVEL, mean_interval, slope_interval
+from akd_ray.verdict import NAMES
 
 COST = "student_cost"  # a family trial's second objective (study.fit): parameters, or latency in ms
 MIN_SEEDS = 3
 MIN_TRIALS_FOR_IMPORTANCE = 4  # fANOVA's forest on fewer points says nothing
-MARKERS = {"scratch": "s", "kd": "^", "takd": "v", "annealing": "o", "prokd": "D"}
-NAMES = {"scratch": "scratch", "kd": "KD", "takd": "TAKD", "annealing": "Annealing-KD", "prokd": "Pro-KD"}
+MARKERS = {"scratch": "s", "kd": "^", "takd": "v", "annealing": "o", "prokd": "D", "layers": "P", "minimax": "X",
+           "kd+layers": "<", "kd+minimax": ">", "annealing+layers": "p", "annealing+minimax": "h"}
 
 
 def _search(rows: list[dict], teacher: str, method: str | None = None) -> list[dict]:

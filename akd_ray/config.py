@@ -23,7 +23,29 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from akd_ray.method.schedules import SHAPES, stage_split, step_period
 
-METHODS = ("scratch", "kd", "takd", "annealing", "prokd")
+METHODS = ("scratch", "kd", "takd", "annealing", "prokd",
+           "layers", "minimax", "kd+layers", "kd+minimax", "annealing+layers", "annealing+minimax")
+LEVERS = ("layers", "minimax")  # the talk's model and data levers (akd_ray.method.levers)
+TWO_STAGE = ("annealing", "prokd")  # stage I distils, stage II trains on the labels
+LAYER_MAPS = ("uniform", "last", "random")
+
+
+def levers(method: str) -> tuple[str, ...]:
+    """The levers a method adds to its base loss: 'annealing+layers' -> ('layers',), 'kd' -> ()."""
+    return tuple(part for part in method.split("+") if part in LEVERS)
+
+
+def base_method(method: str) -> str:
+    """The method whose loss a lever adds to: 'kd+minimax' -> 'kd'. A lone lever ('layers',
+    'minimax') adds to hard labels, so its base is 'scratch'."""
+    base = [part for part in method.split("+") if part not in LEVERS]
+    return base[0] if base else "scratch"
+
+
+def two_stage(method: str) -> bool:
+    """Stage I distils, stage II trains on the labels (Annealing-KD, Pro-KD, and their lever combinations):
+    the one test early stopping (rung time), the engine's plan and the checks use."""
+    return base_method(method) in TWO_STAGE
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 EQUAL_BUDGET_METHODS = ("scratch", "kd", "annealing")  # what `search.trials: <n>` searches, n trials each
 TASKS = ("digits", "cifar10", "cifar100") + tuple(f"glue/{t}" for t in GLUE_TASKS)
@@ -118,6 +140,13 @@ class TrainSpec(Frozen):
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
     lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"
     warmup_fraction: float = Field(0.0, ge=0, lt=1)
+    beta: float = Field(1.0, ge=0, description="layers: weight of the intermediate-layer MSE")
+    layer_map: Literal[LAYER_MAPS] = Field(  # type: ignore[valid-type]
+        "uniform", description="layers: which teacher layer each student layer matches (uniform, last, random)")
+    minimax_eps: float = Field(0.1, gt=0, description="minimax: radius of the perturbation (L-inf on pixels and "
+                                                      "features, L2 per token on input embeddings)")
+    minimax_steps: int = Field(2, ge=1, description="minimax: gradient-ascent steps per batch")
+    minimax_weight: float = Field(0.5, ge=0, description="minimax: weight of the loss on the perturbed samples")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -350,7 +379,7 @@ class RunConfig(Frozen):
             raise ValueError(f"method {self.method!r} needs teacher_dir")
         if self.method == "takd" and self.assistant_model is None:
             raise ValueError("method 'takd' needs assistant_model")
-        if self.method in ("annealing", "prokd"):
+        if two_stage(self.method):
             first, _ = stage_split(self.train.epochs, self.train.stage1_fraction)
             if self.train.schedule == "step" and step_period(first, int(self.train.tau_max)) < 1:
                 raise ValueError(f"stage I has {first} epochs, fewer than tau_max = {self.train.tau_max}: "

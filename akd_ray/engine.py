@@ -9,6 +9,8 @@ Methods (each a plan of stages; a stage is a loss over some epochs):
   annealing  stage I: MSE to phi(T) * teacher logits, T annealed tau_max -> 1;
              stage II: hard labels from the best stage-I checkpoint, fresh optimizer and lr schedule
   prokd      annealing, but stage I follows the teacher's training checkpoints in order
+  +layers, +minimax  (kd+layers, annealing+minimax, ...): the base method's loss plus a lever's term in
+             every distilling stage (akd_ray.levers); the lone `layers` / `minimax` add it to hard labels
 
 Model selection uses the validation split held out of training; the test split is only evaluated
 on the checkpoint that selection picked.
@@ -26,6 +28,7 @@ from the teacher the teacher's); the teacher's logits are per example, so they n
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import statistics
 import time
@@ -37,13 +40,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from akd_ray.config import HF_KINDS, ModelSpec, RunConfig, TrainSpec
+from akd_ray.config import HF_KINDS, ModelSpec, RunConfig, TrainSpec, base_method, levers, two_stage
 from akd_ray.distributed import (broadcast_object, broadcast_state, gather_rows, is_chief, mean_over_ranks,
                                  sync_batchnorm, world)
+from akd_ray.levers import Levers, build_levers
 from akd_ray.logits import TEACHER_FILE, TeacherLogits, snapshot_dir
 from akd_ray.method import annealing_loss, hard_label_loss, kd_loss, phi, regression_kd_loss, stage_split
 from akd_ray.method.schedules import temperature
 from akd_ray.models import build_model, load_model, logits_of, num_parameters, save_model
+from akd_ray.models.features import hidden_states
 from akd_ray.tasks import TaskData, load_task
 from akd_ray.tasks.base import Augment, Split
 from akd_ray.tasks.metrics import compute_metrics
@@ -62,16 +67,45 @@ class Stage:
     loss: str  # "ce" | "kd" | "anneal"
     epochs: int
     number: int  # 1: distillation stage, 2: hard-label stage (scratch runs are all stage 2)
+    levers: tuple[str, ...] = ()  # whose term joins the loss (akd_ray.levers)
 
 
 def plan(run: RunConfig) -> list[Stage]:
     epochs = run.train.epochs
-    if run.method == "scratch":
-        return [Stage("ce", epochs, 2)]
-    if run.method in ("kd", "takd"):
-        return [Stage("kd", epochs, 1)]
-    first, second = stage_split(epochs, run.train.stage1_fraction)
-    return [Stage("anneal", first, 1), Stage("ce", second, 2)]
+    base = base_method(run.method)
+    if base == "scratch":
+        stages = [Stage("ce", epochs, 2)]
+    elif base in ("kd", "takd"):
+        stages = [Stage("kd", epochs, 1)]
+    else:
+        first, second = stage_split(epochs, run.train.stage1_fraction)
+        stages = [Stage("anneal", first, 1), Stage("ce", second, 2)]
+    # a lever joins every distilling stage, and the one stage of a lone lever; never Annealing-KD's stage II
+    return [dataclasses.replace(s, levers=levers(run.method)) if s.number == 1 or base == "scratch" else s
+            for s in stages]
+
+
+def batch_loss(stage: Stage, model: nn.Module, inputs: dict, labels: torch.Tensor,
+               soft_targets: Callable[[], torch.Tensor], train: TrainSpec, T: float | None,
+               autocast: torch.autocast, regression: bool, lever: Levers | None) -> torch.Tensor:
+    """One batch's loss: the stage's own (teacher logits fetched only if it needs them), plus its levers' term."""
+    with autocast:
+        if "layers" in stage.levers:
+            z_s, h_s = hidden_states(model, inputs)
+        else:
+            z_s, h_s = logits_of(model, inputs), None
+    p = phi(T, train.tau_max) if T is not None else None
+    if stage.loss == "ce":
+        loss = hard_label_loss(z_s, labels)
+    elif stage.loss == "anneal":
+        loss = annealing_loss(z_s, soft_targets(), p)
+    elif regression:
+        loss = regression_kd_loss(z_s, soft_targets(), labels, train.alpha)
+    else:
+        loss = kd_loss(z_s, soft_targets(), labels, train.alpha, train.kd_temperature)
+    if stage.levers:
+        loss = loss + lever.term(stage.loss, model, inputs, h_s, p, autocast)
+    return loss
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -200,7 +234,7 @@ def student_task(run: RunConfig) -> TaskData:
 
 def logits_source(run: RunConfig, task: TaskData, device: torch.device) -> TeacherLogits | None:
     """Where the soft targets come from: the teacher, or for TAKD the assistant prepared for the study."""
-    if run.method == "scratch":
+    if base_method(run.method) == "scratch":  # a lone lever reads the live teacher, never its logits
         return None
     source = run.teacher_dir
     if run.method == "takd":
@@ -218,26 +252,30 @@ def logits_source(run: RunConfig, task: TaskData, device: torch.device) -> Teach
 
 
 # ---------------------------------------------------------------------------------------- the run
-def begin_stage(run: RunConfig, stage: Stage, epochs: range, state: dict[str, Any], model: nn.Module, n_train: int,
-                device: torch.device, resume: dict | None):
+def begin_stage(run: RunConfig, stage: Stage, epochs: range, state: dict[str, Any], model: nn.Module,
+                lever: Levers | None, n_train: int, device: torch.device, resume: dict | None):
     """The optimizer and lr schedule of a stage, and the model it starts from: the one place a resumed
     run differs from a fresh one, so the loop below is the same for both.
 
-    Fresh (its first epoch is next): a fresh optimizer, as the paper does; a two-stage method's stage
-    II starts from the best stage-I weights. Resumed mid-stage: the model, optimizer and lr schedule
-    as the checkpoint left them.
+    Fresh (its first epoch is next): a fresh optimizer, as the paper does (the lever's layer maps train
+    with the student); a two-stage method's stage II starts from the best stage-I weights. Resumed
+    mid-stage: the model, the lever's layer maps, the optimizer and lr schedule as the checkpoint left them.
     """
     train = run.train
     optimizer = make_optimizer(model, train, device)
+    if lever is not None and len(lever.projections):
+        optimizer.add_param_group({"params": list(lever.parameters())})
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(train, stage.epochs * batches_per_epoch(n_train, train.batch_size)))
     if state["epoch"] > epochs.start:  # resumed mid-stage
+        if lever is not None:
+            lever.load_state_dict(resume["levers"])
         unwrap(model).load_state_dict(resume["model"])
         broadcast_state(unwrap(model))
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         return optimizer, scheduler
-    if stage.number == 2 and state["stage_weights"] is not None and run.method in ("annealing", "prokd"):
+    if stage.number == 2 and state["stage_weights"] is not None and two_stage(run.method):
         unwrap(model).load_state_dict(state["stage_weights"])  # stage II from best stage I
         broadcast_state(unwrap(model))
     state["stage_best"], state["stage_weights"] = -math.inf, None
@@ -273,6 +311,7 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
     if run.student_model.kind in ("hf_truncate", "hf_config"):  # students derived from the teacher
         teacher_model = load_model(run.teacher_dir, task)
     model = build_model(run.student_model, task, teacher=teacher_model).to(device)
+    lever = build_levers(run, task, model, device, teacher_model)  # None unless the method uses a lever
     del teacher_model
     if run.task.name in ("cifar10", "cifar100") and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -302,7 +341,8 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
         epoch0 += stage.epochs
         if state["epoch"] >= stage_range.stop:
             continue  # finished before a resume
-        optimizer, scheduler = begin_stage(run, stage, stage_range, state, wrapped, len(task.train), device, resume)
+        optimizer, scheduler = begin_stage(run, stage, stage_range, state, wrapped, lever, len(task.train), device,
+                                           resume)
 
         for epoch in range(state["epoch"], stage_range.stop):
             # -- train one epoch -------------------------------------------------------------------
@@ -312,22 +352,16 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
             snapshot = (min(n_snapshots - 1, stage_epoch * n_snapshots // stage.epochs)
                         if run.method == "prokd" else None)
             wrapped.train()
+            if lever is not None:
+                lever.set_epoch(epoch)
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=device)  # summed on device: no per-step CPU-GPU sync
             batches = epoch_order(len(task.train), run.seed, epoch, train.batch_size, task.train.lengths)
             for idx in batches:
                 augment = Augment(run.augment_seed, epoch, idx) if task.augments else None
                 inputs, labels = task.batch(task.train, idx, device, augment)
-                with autocast:
-                    z_s = logits_of(wrapped, inputs)
-                if stage.loss == "ce":
-                    loss = hard_label_loss(z_s, labels)
-                elif stage.loss == "anneal":
-                    loss = annealing_loss(z_s, soft.get(epoch, idx, snapshot), phi(T, train.tau_max))
-                elif task.is_regression:
-                    loss = regression_kd_loss(z_s, soft.get(epoch, idx), labels, train.alpha)
-                else:
-                    loss = kd_loss(z_s, soft.get(epoch, idx), labels, train.alpha, train.kd_temperature)
+                loss = batch_loss(stage, wrapped, inputs, labels, lambda: soft.get(epoch, idx, snapshot), train, T,
+                                  autocast, task.is_regression, lever)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # DDP averages the gradients of the ranks' equal shares: the global batch's
                 optimizer.step()
@@ -369,7 +403,7 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
             if on_epoch is not None:
                 on_epoch(metrics, lambda: copy.deepcopy({  # a snapshot: training goes on in place
                     **state, "model": unwrap(wrapped).state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict()}))
+                    "scheduler": scheduler.state_dict(), "levers": lever.state_dict() if lever is not None else {}}))
 
     # -- test the checkpoint that validation picked ---------------------------------------------
     best = unwrap(wrapped)

@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from akd_ray.config import ConfigError, Study, TrainSpec, check_tracking_uri, tracking_uri
+from akd_ray.config import ConfigError, ModelSpec, Study, TrainSpec, check_tracking_uri, levers, tracking_uri, two_stage
 from akd_ray.method.schedules import stage_split, step_period
 from akd_ray.space import STUDENT, Space, check_student_fields, load_space
 
@@ -95,6 +95,7 @@ def check(study: Study, address: str | None = None, machine: str = "refuse") -> 
     it; the plan's `warnings` say what is missing and how to run it on a cluster).
     """
     space = check_space(study)
+    check_levers(study)
     downloads: list[str] = []
     notes: list[str] = []
     warnings: list[str] = []
@@ -133,7 +134,7 @@ def check_space(study: Study) -> Space:
     check_student_fields(space, study)
     for method in study.search.methods:
         params = space.for_method(method)
-        if method in ("annealing", "prokd"):
+        if two_stage(method):
             train = study.train
             taus = params["tau_max"].values() if "tau_max" in params else [train.tau_max]
             fractions = params["stage1_fraction"].values() if "stage1_fraction" in params else [train.stage1_fraction]
@@ -155,6 +156,30 @@ def check_space(study: Study) -> Space:
         if unknown:
             raise ConfigError(f"{where}: search.warm_start[{i}]: unknown field(s) {sorted(unknown)}")
     return space
+
+
+def lever_refusal(method: str, model: ModelSpec, role: str) -> str | None:
+    """Why `model` (as `role`: teacher or student) cannot give what `method`'s levers need; None if it can."""
+    for lever in levers(method):
+        layered = model.hidden if model.kind == "mlp" else model.channels if model.kind == "cnn" else True
+        if lever == "layers" and not layered:
+            return f"method {method!r} matches hidden layers, but this {model.kind} {role} has none; give it one"
+        if role == "student" and model.kind == "hf":
+            return (f"method {method!r} runs the teacher on the student's inputs, but an hf student reads its own "
+                    f"tokenizer ({model.path}), not the teacher's; use kind hf_truncate or hf_config")
+    return None
+
+
+def check_levers(study: Study) -> None:
+    """Refuse a lever method for a teacher or student that cannot give what the lever needs."""
+    models = [*((f"teachers.{k}.model", "teacher", t.model) for k, t in study.teachers.items()),
+              *((f"students.{k}", "student", s) for k, s in study.students.items()),
+              *([("family.model", "student", study.family.model)] if study.family else [])]
+    for method in study.search.methods:
+        for where, role, model in models:
+            why = lever_refusal(method, model, role)
+            if why:
+                raise PreflightError(f"{study.source}: {where}: {why}")
 
 
 def budgets(study: Study, space: Space) -> dict[str, int]:

@@ -24,15 +24,28 @@ from typing import Any
 import numpy as np
 
 from akd_ray import stats
-from akd_ray.config import Study
+from akd_ray.config import Study, base_method, levers
 
 MIN_SEEDS = 3  # below this a 95% interval is too wide to say anything (t = 4.3 at n = 3)
-NAMES = {"scratch": "scratch", "kd": "KD", "takd": "TAKD", "annealing": "Annealing-KD", "prokd": "Pro-KD"}
-CHEAPEST_FIRST = ("scratch", "kd", "annealing", "takd", "prokd")  # what a tie on validation recommends
+NAMES = {"scratch": "scratch", "kd": "KD", "takd": "TAKD", "annealing": "Annealing-KD", "prokd": "Pro-KD",
+         "layers": "layer matching", "minimax": "MiniMax augmentation", "kd+layers": "KD + layers",
+         "kd+minimax": "KD + MiniMax", "annealing+layers": "Annealing-KD + layers",
+         "annealing+minimax": "Annealing-KD + MiniMax"}
+# what a tie on validation recommends: the cheapest to run (a lever's live teacher and extra passes cost
+# more than a cached table: bench/levers.py)
+CHEAPEST_FIRST = ("scratch", "kd", "annealing", "takd", "prokd", "layers", "kd+layers", "annealing+layers",
+                  "minimax", "kd+minimax", "annealing+minimax")
 # the knobs that define each method's recipe, in the order a reader wants them
 KNOBS = {"scratch": ("lr",), "kd": ("alpha", "kd_temperature", "lr"), "takd": ("alpha", "kd_temperature", "lr"),
          "annealing": ("tau_max", "schedule", "decay", "stage1_fraction", "lr"),
-         "prokd": ("tau_max", "schedule", "decay", "stage1_fraction", "lr")}
+         "prokd": ("tau_max", "schedule", "decay", "stage1_fraction", "lr"),
+         "layers": ("beta", "layer_map", "lr"),
+         "minimax": ("minimax_eps", "minimax_steps", "minimax_weight", "kd_temperature", "lr"),
+         "kd+layers": ("alpha", "kd_temperature", "beta", "layer_map", "lr"),
+         "kd+minimax": ("alpha", "kd_temperature", "minimax_eps", "minimax_steps", "minimax_weight", "lr"),
+         "annealing+layers": ("tau_max", "schedule", "decay", "stage1_fraction", "beta", "layer_map", "lr"),
+         "annealing+minimax": ("tau_max", "schedule", "decay", "stage1_fraction", "minimax_eps", "minimax_steps",
+                               "minimax_weight", "lr")}
 STUDENT = "student."
 SELECTION = "paired t-test on validation by seed"
 TEST = "paired bootstrap over seeds and test examples"
@@ -323,12 +336,16 @@ def describe(method: str, config: dict[str, Any]) -> str:
 
 
 def _describe(method: str, config: dict[str, Any]) -> str:
-    if method in ("annealing", "prokd"):
+    base, bits = base_method(method), []
+    if base in ("annealing", "prokd"):
         bits = ([f"tau_max {config['tau_max']:g}"] if "tau_max" in config else []) + [str(config["schedule"])]
-        return f"{NAMES[method]} {', '.join(bits)}"
-    if method in ("kd", "takd"):
-        return f"{NAMES[method]} alpha {config['alpha']:.2g}, T {config['kd_temperature']:.2g}"
-    return NAMES[method]
+    elif base in ("kd", "takd"):
+        bits = [f"alpha {config['alpha']:.2g}, T {config['kd_temperature']:.2g}"]
+    if "layers" in levers(method):
+        bits.append(f"beta {config['beta']:.2g}, {config['layer_map']} layers")
+    if "minimax" in levers(method):
+        bits.append(f"eps {config['minimax_eps']:.2g}, {config['minimax_steps']} steps")
+    return f"{NAMES[method]} {', '.join(bits)}" if bits else NAMES[method]
 
 
 def _pts(x: float) -> str:

@@ -106,10 +106,12 @@ def mlflow_server(tmp_path_factory) -> MlflowServer:
 @pytest.fixture(scope="session")
 def local_ray():
     """One local Ray (2 CPUs) for the in-process Tune tests of the session; workers can import test
-    modules (their trainables) from `tests/`."""
+    modules (their trainables) from `tests/` and its subfolders, as pytest does (rootdir imports)."""
     import ray
 
+    here = Path(__file__).parent
+    folders = [here, *sorted(p for p in here.iterdir() if p.is_dir() and any(p.glob("test_*.py")))]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(map(str, folders))}})
     yield ray
     ray.shutdown()

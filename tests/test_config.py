@@ -154,7 +154,7 @@ BAD_STUDIES = [
     ("missing search", lambda d: d.pop("search"), "search", "required, but missing"),
     ("unknown task", set_in("task", "name", value="mnist"), "task.name", "got 'mnist'; valid: 'digits'"),
     ("unknown method", set_in("search", "trials", "distill", value=1), "search.trials.distill",
-     "got 'distill'; valid: 'scratch', 'kd', 'takd', 'annealing' or 'prokd'"),
+     "got 'distill'; valid: 'scratch', 'kd', 'takd', 'annealing', 'prokd', 'layers', 'minimax', 'kd+layers'"),
     ("trials 0", set_in("search", "trials", "kd", value=0), "search.trials.kd", "greater than or equal to 1"),
     ("no method", set_in("search", "trials", value={}), "search.trials", "names no method"),
     ("negative teacher margin", set_in("teachers", "big", "min_margin", value=-0.1), "teachers.big.min_margin",

@@ -28,7 +28,7 @@ _EXPORTS = {
                "optuna_storage", "optuna_study_name"),
     "signals": ("Interrupted", "Signals"),
     "cluster": ("check_resources",),
-    "scheduler": ("GroupedHalving", "TWO_STAGE", "group_of", "progress"),
+    "scheduler": ("GroupedHalving", "group_of", "progress"),
     "search": ("PairedSearch", "FamilySearch", "Points", "searcher_for"),
     "trial": ("fit", "run_config", "student_model"),  # the trainable itself: akd_ray.study.trial.trial
     "faults": ("FAULTS_ENV", "inject_fault"),

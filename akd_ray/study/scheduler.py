@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from akd_ray.config import two_stage
 from akd_ray.study.layout import MODE, STAGE_BEST
 from akd_ray.study.resumable import PickledState
-
-TWO_STAGE = ("annealing", "prokd")  # stage I distils, stage II trains on the labels
 
 
 def group_of(config: dict) -> tuple[str, str, str]:
@@ -27,7 +26,7 @@ def progress(method: str, result: dict) -> float | None:
     """
     if "stage_epoch" not in result or result.get("final"):
         return None
-    if method in TWO_STAGE and result["stage"] != 2:
+    if two_stage(method) and result["stage"] != 2:
         return None
     done, length = result["stage_epoch"] + 1, result["stage_epochs"]
     return done / length if done < length else None

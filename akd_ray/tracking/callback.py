@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray.tune import Callback
 
-from akd_ray.config import Study
+from akd_ray.config import METHODS, Study, base_method
 from akd_ray.tracking.store import (ERROR_TAG, MAX_PARAM_CHARS, OUTCOME_TAG, PERMANENT, STUDY_RUN_TAG, TRIAL_TAG, _clip,
                                     _is_number, _log_batch, _now_ms, _reason, callback_env, client_for, study_dir,
                                     tracking_uri)
@@ -278,14 +278,15 @@ def trial_name(config: dict, trial_id: str) -> str:
     """A short name that says what the trial tried (its pair is its parent run): `annealing τ4 cosine
     #3`, `kd α0.5 T4 #2`, `scratch #1`; a confirmation run ends in its seed instead: `... seed 5`."""
     method = config.get("method", "?")
+    base = base_method(method) if method in METHODS else method
     bits = [str(method)]
-    if config.get("tau_max") is not None and method in ("annealing", "prokd"):
+    if config.get("tau_max") is not None and base in ("annealing", "prokd"):
         bits.append(f"τ{config['tau_max']:g}")
-    if config.get("schedule") and method in ("annealing", "prokd"):
+    if config.get("schedule") and base in ("annealing", "prokd"):
         bits.append(str(config["schedule"]))
-    if config.get("alpha") is not None and method in ("kd", "takd"):
+    if config.get("alpha") is not None and base in ("kd", "takd"):
         bits.append(f"α{config['alpha']:.2g}")
-    if config.get("kd_temperature") is not None and method in ("kd", "takd"):
+    if config.get("kd_temperature") is not None and base in ("kd", "takd"):
         bits.append(f"T{config['kd_temperature']:.2g}")
     bits += [f"{k.removeprefix('student.')} {v}" for k, v in config.items() if str(k).startswith("student.")]
     if config.get("phase") == "confirm":

@@ -144,10 +144,11 @@ def pair_metrics(v) -> dict[str, float]:
         out.update({"pick.mean": 100 * best.mean, "pick.std": 100 * best.std, "pick.ci_low": 100 * best.low,
                     "pick.ci_high": 100 * best.high, "pick.seeds": float(best.n)})
     for m, r in v.methods.items():
-        out[f"{m}.mean"] = 100 * r.mean if r.n else nan
+        key = m.replace("+", "-")  # MLflow metric names take no '+': 'annealing+layers' -> 'annealing-layers'
+        out[f"{key}.mean"] = 100 * r.mean if r.n else nan
         diff, low, high = (0.0, 0.0, 0.0) if m == v.best else v.differences.get(m, (nan, nan, nan))
-        out.update({f"gain_over_{m}": 100 * diff, f"gain_over_{m}.ci_low": 100 * low,
-                    f"gain_over_{m}.ci_high": 100 * high})
+        out.update({f"gain_over_{key}": 100 * diff, f"gain_over_{key}.ci_low": 100 * low,
+                    f"gain_over_{key}.ci_high": 100 * high})
     return out
 
 
