@@ -6,7 +6,7 @@ import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from akd_ray.config import two_stage
-from akd_ray.study.layout import MODE, STAGE_BEST
+from akd_ray.study.layout import METRIC, MODE, STAGE_BEST
 from akd_ray.study.resumable import PickledState
 
 
@@ -43,10 +43,13 @@ class GroupedHalving(PickledState, FIFOScheduler):
     recorded at that rung so far.
     """
 
-    def __init__(self, grace_period: int, reduction_factor: int, max_t: int, metric: str = STAGE_BEST,
+    def __init__(self, grace_period: int, reduction_factor: int, max_t: int, score: str = STAGE_BEST,
                  mode: str = MODE):
         super().__init__()
-        self._metric, self._mode, self.sign = metric, mode, 1.0 if mode == "max" else -1.0
+        # Tune checks that every result, the final one included, holds the scheduler's metric: that is
+        # the study's METRIC; the rungs are scored by `score`, which only per-epoch results carry
+        self._metric, self._mode, self.sign = METRIC, mode, 1.0 if mode == "max" else -1.0
+        self.score = score
         self.reduction_factor = reduction_factor
         self.milestones: list[float] = []
         t = grace_period
@@ -62,14 +65,14 @@ class GroupedHalving(PickledState, FIFOScheduler):
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         group = group_of(trial.config)
         t = progress(group[2], result)
-        if t is None or self._metric not in result:
+        if t is None or self.score not in result:
             return TrialScheduler.CONTINUE
         ladder = self.rungs.setdefault(group, {m: {} for m in self.milestones})
         for milestone in reversed(self.milestones):  # the highest rung reached and not yet recorded
             recorded = ladder[milestone]
             if t < milestone or trial.trial_id in recorded:
                 continue
-            score = self.sign * result[self._metric]
+            score = self.sign * result[self.score]
             cutoff = (float(np.quantile(list(recorded.values()), 1 - 1 / self.reduction_factor))
                       if recorded else None)
             recorded[trial.trial_id] = score
