@@ -17,7 +17,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from akd_ray.progress import STATES, status_lines, summarize, trial_line
+from akd_ray.progress import STATES, status_lines, summarize
+from akd_ray.views import trial_line
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSI = re.compile(r"\x1b\[")
@@ -86,7 +87,8 @@ def test_teacher_epochs_are_plain_lines_without_a_terminal(tmp_path):
     import io
 
     from akd_ray.config import Study
-    from akd_ray.progress import PlainView, Tracker
+    from akd_ray.progress import Tracker
+    from akd_ray.views import PlainView
 
     study = Study.model_validate({"name": "p", "task": {"name": "digits"}, "storage": str(tmp_path),
                                   "teachers": {"minilm": {"model": {"kind": "mlp", "hidden": [8]}}},
