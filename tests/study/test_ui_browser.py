@@ -18,16 +18,16 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from test_study import small_study, tune
+from test_run import small_study, tune
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
 def finished_study(tmp_path_factory) -> Path:
-    """test_study's tiny study (two pairs), smaller budget, in the default SQLite store: a finished study."""
+    """test_run's tiny study (two pairs), smaller budget, in the default SQLite store: a finished study."""
     tmp = tmp_path_factory.mktemp("ui-study")
     study = small_study(tmp, None)
     data = yaml.safe_load(study.read_text())
