@@ -186,6 +186,7 @@ def budget_plots(study: Study, records: list[dict], folder: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     files = []
     for teacher, student in study.pairs:
@@ -202,8 +203,9 @@ def budget_plots(study: Study, records: list[dict], folder: Path) -> list[Path]:
             ax.plot(n[seen - 1:], y[seen - 1:], ":", color=line.get_color())
             ax.fill_between(n, [a - b for a, b in zip(y, sd)], [a + b for a, b in zip(y, sd)],
                             color=line.get_color(), alpha=0.15)
-        ax.set(xlabel="search trials (n)", ylabel="expected best validation metric (%)",
-               title=f"{teacher} → {student}: expected best after n trials")
+        ax.set(xlabel="search trials (n)", ylabel=f"expected best validation {_metric_name(study)} (points)",
+               title=f"{student} ← {teacher}: expected best after n trials")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials come whole
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
         files.append(_save(fig, folder / f"budget_{teacher}_{student}.png"))
