@@ -41,11 +41,17 @@ def test_validates_against_the_full_archive(name, cifar10_full, tmp_path):
     assert f"cifar10 from {cifar10_full}" in out.stdout
 
 
+# Shrunk to run on 2 CPU cores: a few images and epochs, a ResNet-8 teacher, tau_max 2, and a small space
+# (the shipped spaces search tau_max up to 20 and lrs up to 0.2: more stage-I epochs than 4, and an
+# annealing step that diverges on a 2-epoch teacher)
+SPACE = "params:\n  lr: {type: float, low: 0.01, high: 0.02, log: true}\n  alpha: {type: float, low: 0.3, high: 0.7, methods: [kd]}\n"
 SHRINK = {
     "cifar10": ["--set", "students={resnet8: {kind: resnet, depth: 8}}", "--set", "teachers.resnet110.train.epochs=2",
+                "--set", "teachers.resnet110.model.depth=8",
                 "--set", "search.trials={scratch: 1, annealing: 1}", "--set", "search.scheduler=none",
                 "--set", "teachers.resnet110.min_margin=null", "--set", "train.tau_max=2"],
-    "cifar10-quick": ["--set", "teachers.resnet56.train.epochs=2", "--set", "search.trials={scratch: 1, kd: 1, annealing: 1}",
+    "cifar10-quick": ["--set", "teachers.resnet56.train.epochs=2", "--set", "teachers.resnet56.model.depth=8",
+                      "--set", "search.trials={scratch: 1, kd: 1, annealing: 1}",
                       "--set", "teachers.resnet56.min_margin=null", "--set", "train.tau_max=2"],
 }
 
@@ -53,10 +59,14 @@ SHRINK = {
 @pytest.mark.slow
 @pytest.mark.parametrize("name", STUDIES)
 def test_runs_end_to_end_on_the_cpu_when_shrunk(name, cifar10_full, tmp_path):
-    out = cli("tune", f"studies/{name}.yaml", "--set", f"task.data_dir={cifar10_full}", "--set", f"storage={tmp_path}",
-              "--set", "task.max_train_samples=256", "--set", "task.max_eval_samples=128", "--set", "train.epochs=4",
-              "--set", "train.eval_batch_size=128", "--set", "search.confirm_seeds=3", *CPU, *SHRINK[name], timeout=1500)
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    storage = tmp_path / "storage"
+    out = cli("tune", f"studies/{name}.yaml", "--set", f"task.data_dir={cifar10_full}", "--set", f"storage={storage}",
+              "--set", f"search.space={space}", "--set", "task.max_train_samples=256", "--set",
+              "task.max_eval_samples=128", "--set", "train.epochs=4", "--set", "train.eval_batch_size=128",
+              "--set", "search.confirm_seeds=3", *CPU, *SHRINK[name], timeout=1500)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    study = next(tmp_path.iterdir())
+    study = next(storage.iterdir())
     assert "verdict per teacher-student pair" in out.stdout
     assert len(list((study / "cache" / "images").glob("cifar10-*.pt"))) == 1  # decoded once for all trials

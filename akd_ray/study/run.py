@@ -36,8 +36,12 @@ from akd_ray.study.trial import trial
 from akd_ray.teacher import teacher_info
 
 
-def run_phase(study: Study, phase: str, searcher: Searcher, num_samples: int, teacher_dirs: dict[str, Path],
-              callbacks: list, max_concurrent: int, signals: Signals | None = None) -> tune.ResultGrid:
+def run_phase(study: Study, phase: str, searcher: Callable[[], Searcher], num_samples: int,
+              teacher_dirs: dict[str, Path], callbacks: list, max_concurrent: int,
+              signals: Signals | None = None) -> tune.ResultGrid:
+    """One phase as a Tune experiment under the study's storage: restored if one is there (the searcher
+    comes back from its checkpoint, so `searcher` -- a factory -- is only called for a fresh start:
+    a fresh search clears the Optuna studies of its names, which a restored one still reads)."""
     r = study.resources
     # single-worker trials train in the trial itself; a multi-worker trial only drives its TorchTrainer,
     # whose worker group asks for the resources
@@ -53,7 +57,7 @@ def run_phase(study: Study, phase: str, searcher: Searcher, num_samples: int, te
                                        max_t=study.train.epochs)
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, metric=METRIC, mode=MODE, num_samples=num_samples,
+            tune_config=tune.TuneConfig(search_alg=searcher(), metric=METRIC, mode=MODE, num_samples=num_samples,
                                         scheduler=scheduler, max_concurrent_trials=max_concurrent),
             run_config=tune.RunConfig(
                 name=phase, storage_path=str(Layout.of(study).tune), callbacks=callbacks,
@@ -218,7 +222,7 @@ def run_study(study: Study, address: str | None = None, say: Callable[[str], Non
         budget = budgets(study, space)
         total = sum(budget.values()) * len(study.pairs)
         tracker.phase("search")
-        rows = trial_rows(run_phase(study, "search", searcher_for(study, space, optuna_storage(study)), total, teacher_dirs,
+        rows = trial_rows(run_phase(study, "search", lambda: searcher_for(study, space, optuna_storage(study)), total, teacher_dirs,
                                     [callback, progress.ProgressCallback("search", {
                                         f"{t}->{s}|{m}": n for t, s in study.pairs for m, n in budget.items()})],
                                     max_concurrent, signals))
@@ -227,7 +231,7 @@ def run_study(study: Study, address: str | None = None, say: Callable[[str], Non
         points = confirmation_points(study, rows, quality)
         if points:
             tracker.phase("confirm")
-            rows += trial_rows(run_phase(study, "confirm", Points(points), len(points), teacher_dirs,
+            rows += trial_rows(run_phase(study, "confirm", lambda: Points(points), len(points), teacher_dirs,
                                          [callback, progress.ProgressCallback("confirm", progress.budgets_of(points))],
                                          max_concurrent, signals))
         signals.stage = "the report (every trial had finished)"
