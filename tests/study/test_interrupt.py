@@ -28,7 +28,10 @@ def tune_cmd(storage: Path, *extra: str) -> list[str]:
 
 
 def env(faults: Path | None = None) -> dict:
-    return {**os.environ, "AKD_RAY_VERBOSE": "0", **({"AKD_RAY_FAULTS": str(faults)} if faults else {})}
+    """This environment, without an MLflow URI an earlier test's `mlflow.set_tracking_uri` exported: the
+    study must use its own default store, which these tests read."""
+    base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return {**base, "AKD_RAY_VERBOSE": "0", **({"AKD_RAY_FAULTS": str(faults)} if faults else {})}
 
 
 def finished_trials(experiment: Path) -> int:
