@@ -65,7 +65,7 @@ def test_runs_end_to_end_on_the_cpu_when_shrunk(name, cifar10_full, tmp_path):
     out = cli("tune", f"studies/{name}.yaml", "--set", f"task.data_dir={cifar10_full}", "--set", f"storage={storage}",
               "--set", f"search.space={space}", "--set", "task.max_train_samples=256", "--set",
               "task.max_eval_samples=128", "--set", "train.epochs=4", "--set", "train.eval_batch_size=128",
-              "--set", "search.confirm_seeds=3", *CPU, *SHRINK[name], timeout=1500)
+              "--set", "search.confirm_seeds=2", *CPU, *SHRINK[name], timeout=1500)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     study = next(storage.iterdir())
     assert "verdict per teacher-student pair" in out.stdout
