@@ -25,6 +25,18 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def sst2_rows(shared_data):
+    """`sst2_rows(train, eval, max_seq_length)`: a TaskSpec of the first rows of the real SST-2 TSVs."""
+    from akd_ray.config import TaskSpec
+
+    glue = shared_data / "glue"
+    if not (glue / "SST-2").is_dir():
+        pytest.skip(f"no SST-2 at {glue}")
+    return lambda train, eval_, seq: TaskSpec(name="glue/sst2", data_dir=glue, max_train_samples=train,
+                                              max_eval_samples=eval_, max_seq_length=seq)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -81,36 +81,38 @@ def test_two_ranks_train_one_model_through_annealing(teacher_dir, tmp_path):
     assert ranks[0]["result"]["test_metric"] > 0.5  # it learned: 10 classes
 
 
-def test_two_ranks_with_half_the_batch_equal_one_rank_with_all_of_it(tmp_path):
-    run = RunConfig(task=TASK.model_copy(update={"max_train_samples": 256}), student_model=MLP(kind="mlp", hidden=(32,)),
+def one_rank_vs_two(student, tmp_path, images: bool = False) -> tuple[list[dict], list[dict]]:
+    """The same 2-epoch SGD run on one process with the global batch of 64 and on two ranks with 32
+    each: (one process's model state per epoch, the two ranks' results)."""
+    run = RunConfig(task=TASK.model_copy(update={"max_train_samples": 256}), student_model=student,
                     method="scratch", train=TrainSpec(epochs=2, batch_size=64, optimizer="sgd", lr=0.1,
                                                       lr_schedule="constant", precision="fp32", device="cpu"))
     one = []
-    run_distillation(run, on_epoch=lambda m, state: one.append(state()["model"]))
-    two = run_ranks(run, 2, tmp_path)
-    assert len(one) == 2  # 4 optimizer steps per epoch: 256 rows, global batch 64 (2 x 32 on two ranks)
+    run_distillation(run, task=digit_images(run.task) if images else None,
+                     on_epoch=lambda m, state: one.append(state()["model"]))
+    return one, run_ranks(run, 2, tmp_path, images=images)
+
+
+def assert_ranks_match(one: list[dict], two: list[dict]) -> None:
     for epoch, single in enumerate(one):
         for rank in two:
             for k, v in single.items():
                 torch.testing.assert_close(rank["epochs"][epoch][1][k], v, rtol=0, atol=1e-5,
                                            msg=lambda m: f"epoch {epoch}, {k}: {m}")
+
+
+def test_two_ranks_with_half_the_batch_equal_one_rank_with_all_of_it(tmp_path):
+    one, two = one_rank_vs_two(MLP(kind="mlp", hidden=(32,)), tmp_path)
+    assert len(one) == 2  # 4 optimizer steps per epoch: 256 rows, global batch 64 (2 x 32 on two ranks)
+    assert_ranks_match(one, two)
 
 
 def test_two_ranks_with_half_the_batch_equal_one_rank_with_a_batchnorm_student(tmp_path):
     """BatchNorm over the global batch (GlobalBatchNorm; SyncBatchNorm on GPUs): with per-rank
     statistics each half batch would be normalised by its own mean and the runs would part."""
-    run = RunConfig(task=TASK.model_copy(update={"max_train_samples": 256}), student_model=CNN(kind="cnn", channels=(8, 16)),
-                    method="scratch", train=TrainSpec(epochs=2, batch_size=64, optimizer="sgd", lr=0.1,
-                                                      lr_schedule="constant", precision="fp32", device="cpu"))
-    one = []
-    run_distillation(run, task=digit_images(run.task), on_epoch=lambda m, state: one.append(state()["model"]))
-    two = run_ranks(run, 2, tmp_path, images=True)
+    one, two = one_rank_vs_two(CNN(kind="cnn", channels=(8, 16)), tmp_path, images=True)
     assert any("running_var" in k for k in one[0]), "the student should have BatchNorm"
-    for epoch, single in enumerate(one):
-        for rank in two:
-            for k, v in single.items():
-                torch.testing.assert_close(rank["epochs"][epoch][1][k], v, rtol=0, atol=1e-5,
-                                           msg=lambda m: f"epoch {epoch}, {k}: {m}")
+    assert_ranks_match(one, two)
 
 
 def test_a_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path):

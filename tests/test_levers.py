@@ -79,11 +79,8 @@ def test_the_layer_maps_train_and_resume_with_the_student(digits_teacher, tmp_pa
 
 # ---------------------------------------------------------------------------------------- SST-2, MiniLM
 @pytest.fixture(scope="module")
-def sst2(shared_data) -> TaskSpec:
-    glue = shared_data / "glue"
-    if not (glue / "SST-2").is_dir():
-        pytest.skip(f"no SST-2 at {glue}")
-    return TaskSpec(name="glue/sst2", data_dir=glue, max_train_samples=64, max_eval_samples=32, max_seq_length=32)
+def sst2(sst2_rows) -> TaskSpec:
+    return sst2_rows(64, 32, 32)
 
 
 @pytest.fixture(scope="module")

@@ -25,11 +25,8 @@ STUDENT_VOCAB = 300  # far below MiniLM's 30,522: a teacher id fed to this stude
 
 
 @pytest.fixture(scope="module")
-def sst2(shared_data) -> TaskSpec:
-    glue = shared_data / "glue"
-    if not (glue / "SST-2").is_dir():
-        pytest.skip(f"no SST-2 at {glue}")
-    return TaskSpec(name="glue/sst2", data_dir=glue, max_train_samples=192, max_eval_samples=96, max_seq_length=48)
+def sst2(sst2_rows) -> TaskSpec:
+    return sst2_rows(192, 96, 48)
 
 
 @pytest.fixture(scope="module")
