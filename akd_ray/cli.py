@@ -251,23 +251,15 @@ def _show(url: str | None, base: str, open_: bool) -> None:
 
 def _wait_health(base: str, server: subprocess.Popen, timeout_s: float = 120) -> bool:
     """True once the UI answers; False (with the reason said) if it exits or never answers."""
-    import time
+    from akd_ray.tracking.store import wait_healthy
 
-    import requests
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            say(f"error: the MLflow UI exited with {server.returncode} (is port {base.rsplit(':', 1)[1]} "
-                "taken? try --port)", err=True)
-            return False
-        try:
-            if requests.get(f"{base}/health", timeout=1).status_code == 200:
-                return True
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    say(f"error: the MLflow UI did not answer at {base} within {timeout_s:.0f} s", err=True)
+    why = wait_healthy(server, base, timeout_s)
+    if why is None:
+        return True
+    if why.startswith("exited"):
+        say(f"error: the MLflow UI {why} (is port {base.rsplit(':', 1)[1]} taken? try --port)", err=True)
+    else:
+        say(f"error: the MLflow UI did not answer at {base} within {timeout_s:.0f} s", err=True)
     return False
 
 

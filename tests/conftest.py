@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
+
+from akd_ray.tracking.store import wait_healthy
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -66,18 +67,12 @@ class MlflowServer:
              "--artifacts-destination", str(self.root / "artifacts")],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if requests.get(f"{self.uri}/health", timeout=1).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"mlflow server did not answer /health within {timeout_s} s:\n{self.log_tail()}")
+        why = wait_healthy(self.process, self.uri, timeout_s, every_s=0.2)
+        if why is None:
+            return self
+        if not why.startswith("exited"):
+            self.stop()
+        raise RuntimeError(f"mlflow server {why}:\n{self.log_tail()}")
 
     def stop(self) -> None:
         """SIGTERM to the whole process group, SIGKILL to whatever is left of it after 10 s."""
