@@ -46,6 +46,28 @@ def two_stage(method: str) -> bool:
     """Stage I distils, stage II trains on the labels (Annealing-KD, Pro-KD, and their lever combinations):
     the one test early stopping (rung time), the engine's plan and the checks use."""
     return base_method(method) in TWO_STAGE
+# The one table of which knob each method reads (besides the training recipe every method reads:
+# RECIPE_KNOBS). The verdict describes a pick by it; preflight refuses a searched knob assigned to a
+# method that ignores it. Order: the order a reader wants them.
+KNOBS = {"scratch": (), "kd": ("alpha", "kd_temperature"), "takd": ("alpha", "kd_temperature"),
+         "annealing": ("tau_max", "schedule", "decay", "stage1_fraction"),
+         "prokd": ("tau_max", "schedule", "decay", "stage1_fraction"),
+         "layers": ("beta", "layer_map"),
+         "minimax": ("minimax_eps", "minimax_steps", "minimax_weight", "kd_temperature"),
+         "kd+layers": ("alpha", "kd_temperature", "beta", "layer_map"),
+         "kd+minimax": ("alpha", "kd_temperature", "minimax_eps", "minimax_steps", "minimax_weight"),
+         "annealing+layers": ("tau_max", "schedule", "decay", "stage1_fraction", "beta", "layer_map"),
+         "annealing+minimax": ("tau_max", "schedule", "decay", "stage1_fraction", "minimax_eps", "minimax_steps",
+                               "minimax_weight")}
+# the student's training recipe: every method reads these (the TrainSpec fields no method owns)
+RECIPE_KNOBS = ("lr", "weight_decay", "optimizer", "momentum", "lr_schedule", "warmup_fraction", "batch_size")
+
+
+def method_knobs(method: str) -> tuple[str, ...]:
+    """Every searchable knob `method` reads: its own (KNOBS), then the shared recipe (RECIPE_KNOBS)."""
+    return KNOBS[method] + RECIPE_KNOBS
+
+
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 EQUAL_BUDGET_METHODS = ("scratch", "kd", "annealing")  # what `search.trials: <n>` searches, n trials each
 TASKS = ("digits", "cifar10", "cifar100") + tuple(f"glue/{t}" for t in GLUE_TASKS)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from akd_ray import stats
-from akd_ray.config import Study, base_method, levers
+from akd_ray.config import KNOBS, Study, base_method, levers
 
 MIN_SEEDS = 3  # below this a 95% interval is too wide to say anything (t = 4.3 at n = 3)
 NAMES = {"scratch": "scratch", "kd": "KD", "takd": "TAKD", "annealing": "Annealing-KD", "prokd": "Pro-KD",
@@ -35,17 +35,6 @@ NAMES = {"scratch": "scratch", "kd": "KD", "takd": "TAKD", "annealing": "Anneali
 # more than a cached table: bench/levers.py)
 CHEAPEST_FIRST = ("scratch", "kd", "annealing", "takd", "prokd", "layers", "kd+layers", "annealing+layers",
                   "minimax", "kd+minimax", "annealing+minimax")
-# the knobs that define each method's recipe, in the order a reader wants them
-KNOBS = {"scratch": ("lr",), "kd": ("alpha", "kd_temperature", "lr"), "takd": ("alpha", "kd_temperature", "lr"),
-         "annealing": ("tau_max", "schedule", "decay", "stage1_fraction", "lr"),
-         "prokd": ("tau_max", "schedule", "decay", "stage1_fraction", "lr"),
-         "layers": ("beta", "layer_map", "lr"),
-         "minimax": ("minimax_eps", "minimax_steps", "minimax_weight", "kd_temperature", "lr"),
-         "kd+layers": ("alpha", "kd_temperature", "beta", "layer_map", "lr"),
-         "kd+minimax": ("alpha", "kd_temperature", "minimax_eps", "minimax_steps", "minimax_weight", "lr"),
-         "annealing+layers": ("tau_max", "schedule", "decay", "stage1_fraction", "beta", "layer_map", "lr"),
-         "annealing+minimax": ("tau_max", "schedule", "decay", "stage1_fraction", "minimax_eps", "minimax_steps",
-                               "minimax_weight", "lr")}
 STUDENT = "student."
 SELECTION = "paired t-test on validation by seed"
 TEST = "paired bootstrap over seeds and test examples"
@@ -143,7 +132,7 @@ def recipe(study: Study, method: str, params: dict[str, Any]) -> dict[str, Any]:
     """The method's full config: its knobs (searched values, else the study's defaults), then anything
     else the search set."""
     train = study.train.model_dump()
-    out = {k: params.get(k, train[k]) for k in KNOBS[method]}
+    out = {k: params.get(k, train[k]) for k in (*KNOBS[method], "lr")}
     if out.get("schedule", "exp") != "exp":
         out.pop("decay", None)
     return {**out, **{k: v for k, v in params.items() if k not in out and k != "decay"}}

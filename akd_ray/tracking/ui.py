@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 from mlflow import MlflowClient
 
-from akd_ray.verdict import KNOBS
+from akd_ray.config import KNOBS
 from akd_ray.tracking.store import PAIR_LEVEL, PAIR_LEVEL_TAG
 
 VIEW_KEY = "akd-ray-pairs"
