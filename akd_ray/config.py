@@ -211,6 +211,10 @@ class SearchSpec(Frozen):
     confirm_seeds: int = Field(3, ge=0, description="re-runs of each pair's best config of every method, "
                                                     "each seed with its own init, batch order and "
                                                     "augmentation; the verdict needs at least 3")
+    confirm_seeds_max: int = Field(10, ge=0, description="racing: while the pick is not decided on validation, "
+                                   "the leader and every method tied with it get more seeds (doubling from "
+                                   "confirm_seeds) up to this many; each look is judged at 0.05 / the number "
+                                   "of planned looks. Equal to confirm_seeds: no racing")
 
     @field_validator("trials", mode="before")
     @classmethod
@@ -226,6 +230,13 @@ class SearchSpec(Frozen):
             raise ValueError(f"names no method: give each method its trials per pair, e.g. "
                              f"{{annealing: 8, kd: 4, scratch: 1}} (methods: {', '.join(METHODS)})")
         return v
+
+    @model_validator(mode="after")
+    def _racing_cap(self) -> "SearchSpec":
+        if self.confirm_seeds_max < self.confirm_seeds:
+            raise ValueError(f"confirm_seeds_max = {self.confirm_seeds_max} is below confirm_seeds = "
+                             f"{self.confirm_seeds}: valid is confirm_seeds_max >= confirm_seeds")
+        return self
 
     @property
     def methods(self) -> tuple[str, ...]:

@@ -278,6 +278,9 @@ def begin_stage(run: RunConfig, stage: Stage, epochs: range, state: dict[str, An
     if stage.number == 2 and state["stage_weights"] is not None and two_stage(run.method):
         unwrap(model).load_state_dict(state["stage_weights"])  # stage II from best stage I
         broadcast_state(unwrap(model))
+        # the run's result is its stage-II best, never a stage-I checkpoint that did not run the paper's
+        # stage II: the selection (val_best), Optuna and the tested checkpoint judge what early stopping does
+        state["best"], state["best_epoch"], state["best_weights"] = -math.inf, -1, None
     state["stage_best"], state["stage_weights"] = -math.inf, None
     return optimizer, scheduler
 
@@ -323,7 +326,7 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
 
     # -- state: everything a resumed run needs (its model and optimizer: begin_stage) --------------
     total_epochs = sum(s.epochs for s in stages)
-    state: dict[str, Any] = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "best_weights": None,
+    state: dict[str, Any] = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "best_stage": 0, "best_weights": None,
                              "stage_best": -math.inf, "stage_weights": None, "history": []}
     if resume is not None:
         state.update({k: v for k, v in resume.items() if k in state})
@@ -382,7 +385,7 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
                 weights = copy.deepcopy(unwrap(wrapped).state_dict())
                 state["stage_best"], state["stage_weights"] = score, weights
             if score > state["best"]:
-                state["best"], state["best_epoch"] = score, epoch
+                state["best"], state["best_epoch"], state["best_stage"] = score, epoch, stage.number
                 state["best_weights"] = weights if weights is not None else copy.deepcopy(unwrap(wrapped).state_dict())
             if epoch in snapshot_epochs and is_chief():
                 save_model(unwrap(wrapped), run.student_model, snapshot_dir(save_dir, sorted(snapshot_epochs).index(epoch)),
@@ -413,7 +416,7 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
     test = evaluate(best, task, task.test, device, train.eval_batch_size, autocast, test_logits)
     if predictions_file is not None and is_chief():
         save_predictions(predictions_file, test_logits, task.test.labels, task.is_regression)
-    result = {"best_epoch": state["best_epoch"], "val_best": state["best"],
+    result = {"best_epoch": state["best_epoch"], "best_stage": state["best_stage"], "val_best": state["best"],
               **{f"test_{k}": v for k, v in test.items()}, "test_metric": test[task.metric],
               "student_parameters": num_parameters(best)}
     for name, split in task.extra_tests.items():

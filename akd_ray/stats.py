@@ -42,6 +42,11 @@ class Difference(NamedTuple):
     test: str
 
 
+class Power(NamedTuple):
+    power: float  # at the seeds given
+    seeds_needed: int | None  # the fewest seeds reaching the target power; None: not within the cap
+
+
 class Holm(NamedTuple):
     adjusted: np.ndarray  # Holm-adjusted p-values, in the input order
     reject: np.ndarray  # bool, at family-wise level alpha
@@ -167,6 +172,133 @@ def holm(pvalues, alpha: float = 1 - LEVEL) -> Holm:
     levels = np.empty(m)
     levels[order] = levels_sorted
     return Holm(adjusted, reject, levels)
+
+
+# ---------------------------------------------------------------------------------------- seeds x test examples
+RANGES = {"accuracy": (0.0, 1.0), "f1": (0.0, 1.0), "mcc": (-1.0, 1.0), "pearson": (-1.0, 1.0),
+          "spearman": (-1.0, 1.0)}
+CROSSED = "seeds × test examples t (variance components)"
+
+
+def metric_range(metric: str, difference: bool = False) -> tuple[float, float]:
+    """Where `metric` (a fraction, as akd_ray.tasks.metrics computes it) can lie; a difference of two
+    such metrics lies in [lo - hi, hi - lo]. An unknown metric: unbounded."""
+    lo, hi = RANGES.get(metric, (-math.inf, math.inf))
+    return (lo - hi, hi - lo) if difference else (lo, hi)
+
+
+def bounded(low: float, high: float, metric: str, difference: bool = False) -> tuple[float, float]:
+    """An interval clipped to the metric's range (nan stays nan): a 95% interval of an accuracy never
+    runs past 100 points."""
+    lo, hi = metric_range(metric, difference)
+    return (low if low != low else min(max(low, lo), hi), high if high != high else min(max(high, lo), hi))
+
+
+def crossed_interval(pred_a, labels, metric: str, pred_b=None, level: float = LEVEL,
+                     resamples: int = 2_000, rng=None) -> Difference:
+    """Interval of mean_s M(a_s) (or, with `pred_b`, of mean_s M(a_s) - M(b_s), paired by seed) that
+    covers both the seeds and the finite test set, with Student's t at Satterthwaite's degrees of
+    freedom: the seeds are S draws of the training noise, the test examples N draws of the task.
+
+    Model (two-way crossed random effects, one observation per cell): x_si = μ + α_s + β_i + ε_si,
+    x_si the score of seed s on example i (for accuracy 1[ŷ_si = y_i], minus that of b for a
+    difference). The estimate x̄ has Var = σ_α²/S + σ_β²/N + σ_ε²/(SN) = (MS_seed + MS_ex - MS_err)/(SN)
+    from the ANOVA mean squares (E MS_seed = Nσ_α² + σ_ε², E MS_ex = Sσ_β² + σ_ε², E MS_err = σ_ε²),
+    df = (Σ c_k MS_k)² / Σ (c_k MS_k)² / df_k (Satterthwaite 1946) with df_seed = S-1,
+    df_ex = N-1, df_err = (S-1)(N-1); the interval is x̄ ± t_{(1+level)/2, df} · SE and p is the
+    two-sided t p-value of x̄ = 0 (for a difference). With few seeds df falls toward S-1, so the
+    interval is a paired t-interval over seeds widened by the test set's own noise.
+
+    Metrics that are not a mean over examples (F1, MCC, Pearson) take the same components from a
+    bootstrap over test examples with the seeds held fixed (`resamples`, seeded by `rng`):
+    v_seed = s²(d_s)/S, v_ex = Var*(x̄*), v_one = mean_s Var*(d_s*), and
+    SE² = v_seed + v_ex - (v_one - v_ex)/(S-1) (the interaction counted once), df as above with
+    v_seed at S-1 and the rest at N-1. SE² is never taken below its largest single component.
+    The bounds are clipped to the metric's range (`bounded`). Fewer than 2 seeds: nan bounds, p = 1.
+    References: Satterthwaite (1946) Biometrics Bull. 2, 110-114; Bouthillier et al. (2021)
+    "Accounting for variance in machine learning benchmarks"; the benchmark bench/calibration.py
+    measures its coverage.
+    """
+    a = np.atleast_2d(np.asarray(pred_a))
+    y = np.asarray(labels)
+    b = None if pred_b is None else np.atleast_2d(np.asarray(pred_b))
+    if b is not None and b.shape != a.shape:
+        raise ValueError(f"crossed_interval: predictions {a.shape} and {b.shape} must both be (seeds, examples)")
+    if a.shape[1] != len(y):
+        raise ValueError(f"crossed_interval: predictions {a.shape} must be (seeds, {len(y)} examples)")
+    seeds, n = a.shape
+    full = np.ones((1, n))
+    per_seed = _metric(a, y, full, metric)[:, 0] - (0 if b is None else _metric(b, y, full, metric)[:, 0])
+    estimate = float(per_seed.mean())
+    if seeds < 2:
+        return Difference(estimate, math.nan, math.nan, 1.0, seeds, CROSSED)
+    if metric == "accuracy":
+        x = (a == y).astype(float) - (0 if b is None else (b == y).astype(float))
+        rows, cols = x.mean(1), x.mean(0)
+        ms_seed = n * rows.var(ddof=1)
+        ms_ex = seeds * cols.var(ddof=1)
+        resid = x - rows[:, None] - cols[None, :] + x.mean()
+        ms_err = float((resid ** 2).sum()) / ((seeds - 1) * (n - 1))
+        terms = [(ms_seed, seeds - 1), (ms_ex, n - 1), (-ms_err, (seeds - 1) * (n - 1))]
+        var = max(ms_seed + ms_ex - ms_err, ms_seed, ms_ex) / (seeds * n)
+        dens = sum(c * c / df for c, df in terms) / (seeds * n) ** 2
+    else:
+        w = _example_counts(np.random.default_rng(rng), n, resamples)
+        d = _metric(a, y, w, metric) - (0 if b is None else _metric(b, y, w, metric))  # (S, k)
+        v_seed, v_ex = per_seed.var(ddof=1) / seeds, float(d.mean(0).var(ddof=1))
+        v_one = float(d.var(1, ddof=1).mean())
+        var = max(v_seed + v_ex - (v_one - v_ex) / (seeds - 1), v_seed, v_ex)
+        dens = v_seed ** 2 / (seeds - 1) + (var - v_seed) ** 2 / (n - 1)
+    se = math.sqrt(var)
+    if se == 0:
+        return Difference(estimate, estimate, estimate, 1.0 if estimate == 0 else 0.0, seeds, CROSSED)
+    df = float(np.clip(var * var / dens if dens > 0 else seeds - 1, seeds - 1, n - 1))
+    half = sps.t.ppf((1 + level) / 2, df) * se
+    p = float(2 * sps.t.sf(abs(estimate) / se, df))
+    low, high = bounded(float(estimate - half), float(estimate + half), metric, difference=b is not None)
+    return Difference(estimate, low, high, p, seeds, CROSSED)
+
+
+def seeds_for_power(differences, effect: float | None = None, power: float = 0.8, alpha: float = 1 - LEVEL,
+                    cap: int = 1_000) -> Power:
+    """How many seeds a two-sided paired t-test at `alpha` needs to tell a difference `effect`
+    (default: the observed mean of `differences`) from 0 with probability `power`, taking the seed
+    standard deviation s_d of the observed paired `differences` as the truth:
+
+        power(n) = P(|T| > t_{1-α/2, n-1}),  T ~ noncentral t(n-1, δ = effect·sqrt(n)/s_d)
+
+    (scipy.stats.nct). Returns the power at the observed number of seeds and the fewest n ≥ 2 reaching
+    `power` (None when not within `cap`, or with no spread to judge by). Reference: Cohen (1988),
+    Statistical Power Analysis, ch. 2; statsmodels' TTestPower computes the same.
+    """
+    d = np.asarray(differences, dtype=float)
+    if len(d) < 2:
+        return Power(math.nan, None)
+    sd = float(d.std(ddof=1))
+    effect = float(d.mean()) if effect is None else float(effect)
+    if sd == 0 or effect == 0:
+        return Power(math.nan, None)
+
+    def at(n):
+        crit = sps.t.ppf(1 - alpha / 2, n - 1)
+        nc = abs(effect) * np.sqrt(n) / sd
+        return sps.nct.sf(crit, n - 1, nc) + sps.nct.cdf(-crit, n - 1, nc)
+
+    ns = np.arange(2, cap + 1)
+    powers = at(ns)
+    reach = np.flatnonzero(powers >= power)
+    return Power(float(at(len(d))), int(ns[reach[0]]) if len(reach) else None)
+
+
+def racing_looks(first: int, cap: int) -> list[int]:
+    """The seed counts at which the racing confirmation looks: `first`, then doubling, ending at `cap`
+    (3, 6, 10 for 3 and 10; one look when cap <= first). Each look is judged at level alpha / len(looks)
+    (Bonferroni over the planned looks), so the chance of a decision with no true difference stays
+    below alpha however early it stops."""
+    looks = [first]
+    while looks[-1] < cap:
+        looks.append(min(cap, 2 * looks[-1]))
+    return looks
 
 
 # ---------------------------------------------------------------------------------------- bootstrap

@@ -54,6 +54,7 @@ class MethodResult:
     budget: int = 0  # search.trials for this method
     seeds: dict[int, dict] = field(default_factory=dict)  # finished confirmation rows by seed
     run: int = 0  # confirmation seeds run, finished or not
+    failed_seeds: list[int] = field(default_factory=list)  # confirmation seeds that ran and did not finish
     mean: float = field(init=False)
     std: float = field(init=False)
     low: float = field(init=False)
@@ -85,6 +86,9 @@ class Verdict:
     levels: dict[str, float] = field(default_factory=dict)  # each test interval's confidence level (Holm)
     tied: list[str] = field(default_factory=list)  # methods that cannot be told from the best on validation
     size: dict[str, Any] = field(default_factory=dict)  # a family study: the student size every method ran at
+    stop: str = ""  # why confirmation stopped: "decided" / "cap" (search.confirm_seeds_max reached) / ""
+    seeds_needed: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
+    # other -> seeds for 80% power at (the observed validation difference, 1 point), from the paired spread
 
 
 # ---------------------------------------------------------------------------------------- one method
@@ -113,6 +117,7 @@ def method_result(study: Study, rows: list[dict], method: str, size: dict | None
                                    np.mean([r["val_best"] for r in groups[k] if r.get("finished")] or [-1])))
         confirm = groups[pick]
     finished = {r["seed"]: r for r in confirm if r.get("finished")}
+    failed_seeds = sorted(r["seed"] for r in confirm if not r.get("finished"))
     params = next(iter(confirm), best or {"params": {}})["params"]
     if confirm:
         values, val = [r["test_metric"] for r in finished.values()], _mean([r["val_best"] for r in finished.values()])
@@ -121,7 +126,8 @@ def method_result(study: Study, rows: list[dict], method: str, size: dict | None
     return MethodResult(method, recipe(study, method, params), values, bool(finished), trials=len(search),
                         stopped=sum(bool(r.get("stopped")) for r in search),
                         failed=sum(bool(r.get("error")) for r in mine), val=val,
-                        budget=study.search.trials.get(method, 0), seeds=finished, run=len(confirm))
+                        budget=study.search.trials.get(method, 0), seeds=finished, run=len(confirm),
+                        failed_seeds=failed_seeds)
 
 
 def _mean(values: list[float]) -> float:
@@ -145,35 +151,78 @@ def compare_on_validation(results: dict[str, MethodResult], best: str) -> dict[s
     return _holm(out)
 
 
+def decide_on_validation(results: dict[str, MethodResult], alpha: float = 1 - stats.LEVEL
+                         ) -> tuple[str, list[str], dict[str, stats.Difference]]:
+    """The leader on validation and the methods that cannot be told from it, on the seeds every method
+    finished (so a method that fails on hard seeds is not lifted by dropping them; see `on_common_seeds`).
+
+    The leader has the best validation mean; `tied` is it and every method whose paired t-test against
+    it (Holm-adjusted) is not significant at `alpha` -- only a method significantly *worse* than the
+    leader is out, never one that is better. Returns (leader, tied, the validation comparisons).
+    """
+    common = on_common_seeds(results)
+    top = max(common, key=lambda m: common[m].val)
+    on_val = compare_on_validation(common, top)
+    tied = [top] + [m for m, d in on_val.items() if d.pvalue > alpha]
+    return top, tied, on_val
+
+
+def on_common_seeds(results: dict[str, MethodResult]) -> dict[str, MethodResult]:
+    """Each method restricted to the confirmation seeds every method finished (its validation mean
+    recomputed on them), when at least 2 are common; else the results as they are."""
+    common = set.intersection(*(set(r.seeds) for r in results.values())) if results else set()
+    if len(common) < 2 or all(set(r.seeds) == common for r in results.values()):
+        return results
+    out = {}
+    for m, r in results.items():
+        seeds = {s: r.seeds[s] for s in sorted(common)}
+        out[m] = MethodResult(r.method, r.config, [row["test_metric"] for row in seeds.values()], r.confirmed,
+                              r.trials, r.stopped, r.failed, _mean([row["val_best"] for row in seeds.values()]),
+                              r.budget, seeds, r.run)
+    return out
+
+
 def compare_on_test(study: Study, results: dict[str, MethodResult], best: str
                     ) -> tuple[dict[str, stats.Difference], dict[str, float]]:
-    """best - other of the test metric: the paired bootstrap over seeds and test examples where both
+    """best - other of the test metric on their common seeds: the seeds × test-examples t-interval
+    (stats.crossed_interval: seed noise and the finite test set, t at Satterthwaite's df) where both
     methods saved every common seed's predictions, else the paired t-interval over seeds; Holm-adjusted
-    p-values, each interval at its Holm level. Returns the differences and their confidence levels."""
+    p-values, each interval at its Holm level, clipped to the metric's range. Returns the differences
+    and their confidence levels."""
     metric = _metric_name(study)
-    raw, dists = {}, {}
+    raw, preds = {}, {}
     for m, r in results.items():
         if m == best:
             continue
         common = sorted(set(results[best].seeds) & set(r.seeds))
-        preds = _predictions(results[best], r, common) if metric in stats.BOOTSTRAP_METRICS else None
-        if preds is None:
-            raw[m] = stats.paired_interval(*_paired(results[best], r, "test_metric"))
-        else:
-            dists[m] = stats.bootstrap_differences(*preds, metric, rng=study.seed)
-            full = stats.paired_interval(*_paired(results[best], r, "test_metric"))  # the estimate on all examples
-            raw[m] = stats.Difference(full.estimate, math.nan, math.nan, stats.bootstrap_pvalue(dists[m]),
-                                      len(common), "paired bootstrap")
+        preds[m] = _predictions(results[best], r, common) if metric in stats.BOOTSTRAP_METRICS else None
+        raw[m] = _test_difference(results[best], r, preds[m], metric, stats.LEVEL, study.seed)
     adjusted = _holm(raw)
     levels = {m: 1 - a for m, a in zip(raw, stats.holm([d.pvalue for d in raw.values()]).alpha)}
-    out = {}
-    for m, d in adjusted.items():
-        if m in dists:
-            low, high = stats.percentile_interval(dists[m], levels[m])
-        else:
-            low, high = stats.paired_interval(*_paired(results[best], results[m], "test_metric"), levels[m])[1:3]
-        out[m] = d._replace(low=low, high=high)
+    out = {m: _test_difference(results[best], results[m], preds[m], metric, levels[m], study.seed
+                               )._replace(pvalue=d.pvalue) for m, d in adjusted.items()}
     return out, levels
+
+
+def _test_difference(a: MethodResult, b: MethodResult, preds: tuple | None, metric: str, level: float,
+                     seed: int) -> stats.Difference:
+    if preds is None:
+        d = stats.paired_interval(*_paired(a, b, "test_metric"), level)
+        return d._replace(**dict(zip(("low", "high"), stats.bounded(d.low, d.high, metric, difference=True))))
+    pred_a, pred_b, labels = preds
+    return stats.crossed_interval(pred_a, labels, metric, pred_b, level, rng=seed)
+
+
+def method_interval(study: Study, r: MethodResult) -> tuple[float, float]:
+    """A method's 95% interval of its test metric: seeds × test examples (stats.crossed_interval) where
+    every finished seed saved its predictions, else Student's t over seeds; within the metric's range."""
+    metric = _metric_name(study)
+    seeds = sorted(r.seeds)
+    preds = _predictions(r, r, seeds) if metric in stats.BOOTSTRAP_METRICS else None
+    if preds is not None:
+        d = stats.crossed_interval(preds[0], preds[2], metric, rng=study.seed)
+        return d.low, d.high
+    return stats.bounded(r.low, r.high, metric)
 
 
 def _holm(diffs: dict[str, stats.Difference]) -> dict[str, stats.Difference]:
@@ -242,13 +291,16 @@ def judge(study: Study, teacher: str, student: str, rows: list[dict],
         verdict.text = (f"{describe(verdict.best, ran[verdict.best].config)} has the best validation score, not "
                         f"confirmed over seeds (search.confirm_seeds: {study.search.confirm_seeds}): cannot tell")
         return _notes(study, verdict, quality, lead=False)
-    top = max(confirmed, key=lambda m: confirmed[m].val)
-    on_val = compare_on_validation(confirmed, top)
-    verdict.tied = [top] + [m for m, d in on_val.items() if not (d.pvalue <= 1 - stats.LEVEL and d.estimate > 0)]
-    fewest = min(r.finished for r in confirmed.values())
+    for r in confirmed.values():
+        r.low, r.high = method_interval(study, r)
+    looks = stats.racing_looks(study.search.confirm_seeds, study.search.confirm_seeds_max)
+    alpha = (1 - stats.LEVEL) / len(looks)  # Bonferroni over the planned looks (racing)
+    top, verdict.tied, on_val = decide_on_validation(confirmed, alpha)
+    common = on_common_seeds(confirmed)
+    fewest = min(r.finished for r in common.values())
     best = top if fewest < MIN_SEEDS else min(verdict.tied, key=CHEAPEST_FIRST.index)
     verdict.best = best
-    verdict.comparisons, verdict.levels = compare_on_test(study, confirmed, best)
+    verdict.comparisons, verdict.levels = compare_on_test(study, common, best)
     verdict.differences = {m: (d.estimate, d.low, d.high) for m, d in verdict.comparisons.items()}
     missing = [m for m in results if m not in confirmed]
     head = describe(best, confirmed[best].config)
@@ -265,8 +317,42 @@ def judge(study: Study, teacher: str, student: str, rows: list[dict],
                 f"{NAMES[best]}, the cheapest of them, is recommended")
         if best == "scratch" and not missing:
             text += ": distillation does not clearly help this pair"
-    verdict.text = text + _test_line(verdict)
+        verdict.seeds_needed = seeds_needed(common, top, [m for m in verdict.tied if m != top], alpha)
+    if fewest >= MIN_SEEDS:
+        verdict.stop = "decided" if len(verdict.tied) == 1 else "cap" if fewest >= looks[-1] else ""
+    verdict.text = text + _seeds_line(study, verdict, common, looks) + _test_line(verdict)
     return _notes(study, verdict, quality, lead=True)
+
+
+def seeds_needed(results: dict[str, MethodResult], top: str, others: list[str], alpha: float
+                 ) -> dict[str, tuple[int | None, int | None]]:
+    """Per method tied with the leader: the seeds a paired t-test on validation at `alpha` needs for 80%
+    power (stats.seeds_for_power, the observed paired spread taken as the truth), to tell the observed
+    difference apart and to tell a 1-point difference apart."""
+    out = {}
+    for m in others:
+        a, b = _paired(results[top], results[m], "val_best")
+        d = np.subtract(a, b)
+        out[m] = (stats.seeds_for_power(d, alpha=alpha).seeds_needed,
+                  stats.seeds_for_power(d, effect=0.01, alpha=alpha).seeds_needed)
+    return out
+
+
+def _seeds_line(study: Study, v: Verdict, common: dict[str, MethodResult], looks: list[int]) -> str:
+    """Each method's seeds, why confirmation stopped and, when undecided, the seeds that would tell."""
+    seeds = ", ".join(f"{NAMES[m]} {r.finished}" for m, r in v.methods.items() if r.run)
+    why = {"decided": "stopped: decided",
+           "cap": f"stopped: search.confirm_seeds_max = {study.search.confirm_seeds_max} reached, undecided"}.get(
+        v.stop, "")
+    text = f" (seeds: {seeds}{'; ' + why if why else ''}"
+    parts = []
+    for m, (observed, one) in v.seeds_needed.items():
+        o = f"{observed} seeds" if observed else "more than 1,000 seeds"
+        p = f"{one} seeds" if one else "more than 1,000 seeds"
+        parts.append(f"{NAMES[m]}: {o} would tell the observed difference apart, {p} a 1-point one (80% power)")
+    if parts:
+        text += "; " + "; ".join(parts)
+    return text + ")"
 
 
 def _test_line(v: Verdict) -> str:
@@ -296,10 +382,11 @@ def _notes(study: Study, v: Verdict, quality: dict[str, dict] | None, lead: bool
                          "it is missing from the comparison")
     if any(not r.confirmed for r in v.methods.values()) and lead and v.best:
         notes.append("whether distillation helps cannot be said until every method has a finished run")
-    best = v.methods.get(v.best) if v.best else None
-    if best is not None and best.run > best.finished:
-        notes.append(f"{NAMES[v.best]} failed on {best.run - best.finished} of {best.run} seeds (its mean is over "
-                     f"the {best.finished} that finished)")
+    for m, r in v.methods.items():
+        if r.failed_seeds and r.confirmed:
+            notes.append(f"{NAMES[m]} failed on seed{'s' if len(r.failed_seeds) > 1 else ''} "
+                         f"{', '.join(map(str, r.failed_seeds))} ({len(r.failed_seeds)} of {r.run}; methods are "
+                         f"compared on the seeds all finished)")
     unequal = study.unequal_budgets()
     if unequal:
         notes.append(unequal)

@@ -56,8 +56,33 @@ def test_every_method_trains_a_sane_student(teacher_dir, tmp_path, method, reque
     result = run_distillation(student_run(teacher_dir, method, tmp_path, assistant), on_epoch=lambda m, s: history.append(m))
     assert len(history) == 12
     assert result["test_metric"] > 0.8, result  # 10 classes: chance is 0.1
-    assert result["val_best"] == max(h["val_metric"] for h in history)
-    assert result["best_epoch"] == max(range(12), key=lambda e: (history[e]["val_metric"], -e))
+    # a two-stage method's result is its stage-II best; the others' is the best of the whole run
+    judged = [e for e in range(12) if history[e]["stage"] == 2 or method not in ("annealing", "prokd")]
+    assert result["val_best"] == max(history[e]["val_metric"] for e in judged)
+    assert result["best_epoch"] == max(judged, key=lambda e: (history[e]["val_metric"], -e))
+    assert result["best_stage"] == history[result["best_epoch"]]["stage"]
+
+
+def test_a_stage_one_best_is_never_an_annealing_result(teacher_dir, tmp_path, monkeypatch):
+    """Validation scores that fall every epoch make stage I's first epoch the best of the run: the result
+    is still the best stage-II epoch, its checkpoint tested, best_stage 2."""
+    from akd_ray import engine
+
+    real, calls = engine.evaluate, []
+
+    def falling(model, task, split, *args, **kwargs):
+        out = real(model, task, split, *args, **kwargs)
+        if split is not task.val:
+            return out
+        calls.append(1)
+        return {**out, task.metric: 1.0 - 0.01 * len(calls)}
+
+    monkeypatch.setattr(engine, "evaluate", falling)
+    history = []
+    result = run_distillation(student_run(teacher_dir, "annealing", tmp_path), on_epoch=lambda m, s: history.append(m))
+    assert history[0]["val_metric"] > history[8]["val_metric"]  # stage I's first epoch is the best of the run
+    assert result["best_stage"] == 2 and result["best_epoch"] == 8  # the first stage-II epoch: stage II's best
+    assert result["val_best"] == history[8]["val_metric"] == history[-1]["stage_best"]
 
 
 def test_annealing_steps_temperature_down_then_hard_labels(teacher_dir, tmp_path):

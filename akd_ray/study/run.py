@@ -90,7 +90,7 @@ def trial_rows(grid: tune.ResultGrid) -> list[dict]:
             **{k: config.get(k) for k in IDENTITY},
             "params": {k: v for k, v in config.items() if k not in IDENTITY},
             **{k: v for k, v in m.items() if k.startswith("test_") or k in
-               ("val_best", "best_epoch", "student_parameters", "student_latency_ms", COST, "time_total_s",
+               ("val_best", "best_epoch", "best_stage", "student_parameters", "student_latency_ms", COST, "time_total_s",
                 "trial_id", "node_id")},
             "finished": finished,
             "stopped": not finished and not result.error,  # by early stopping
