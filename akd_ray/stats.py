@@ -297,7 +297,7 @@ def racing_looks(first: int, cap: int) -> list[int]:
     below alpha however early it stops."""
     looks = [first]
     while looks[-1] < cap:
-        looks.append(min(cap, 2 * looks[-1]))
+        looks.append(min(cap, max(1, 2 * looks[-1])))
     return looks
 
 

@@ -86,6 +86,7 @@ class Verdict:
     levels: dict[str, float] = field(default_factory=dict)  # each test interval's confidence level (Holm)
     tied: list[str] = field(default_factory=list)  # methods that cannot be told from the best on validation
     size: dict[str, Any] = field(default_factory=dict)  # a family study: the student size every method ran at
+    seeds_text: str = ""  # each method's seeds, why confirmation stopped, the seeds that would tell
     stop: str = ""  # why confirmation stopped: "decided" / "cap" (search.confirm_seeds_max reached) / ""
     seeds_needed: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
     # other -> seeds for 80% power at (the observed validation difference, 1 point), from the paired spread
@@ -293,7 +294,7 @@ def judge(study: Study, teacher: str, student: str, rows: list[dict],
         return _notes(study, verdict, quality, lead=False)
     for r in confirmed.values():
         r.low, r.high = method_interval(study, r)
-    looks = stats.racing_looks(study.search.confirm_seeds, study.search.confirm_seeds_max)
+    looks = planned_looks(study)
     alpha = (1 - stats.LEVEL) / len(looks)  # Bonferroni over the planned looks (racing)
     top, verdict.tied, on_val = decide_on_validation(confirmed, alpha)
     common = on_common_seeds(confirmed)
@@ -320,8 +321,41 @@ def judge(study: Study, teacher: str, student: str, rows: list[dict],
         verdict.seeds_needed = seeds_needed(common, top, [m for m in verdict.tied if m != top], alpha)
     if fewest >= MIN_SEEDS:
         verdict.stop = "decided" if len(verdict.tied) == 1 else "cap" if fewest >= looks[-1] else ""
-    verdict.text = text + _seeds_line(study, verdict, common, looks) + _test_line(verdict)
+    verdict.text = text + _test_line(verdict)
+    verdict.seeds_text = _seeds_line(study, verdict)
     return _notes(study, verdict, quality, lead=True)
+
+
+def planned_looks(study: Study) -> list[int]:
+    """The seed counts the confirmation looks at (stats.racing_looks from search.confirm_seeds up to
+    search.confirm_seeds_max); one look when confirm_seeds is below MIN_SEEDS (too few to race from)."""
+    first = study.search.confirm_seeds
+    return [first] if first < MIN_SEEDS else stats.racing_looks(first, study.search.confirm_seeds_max)
+
+
+def racing_points(study: Study, verdicts: list[Verdict]) -> list[dict]:
+    """The next racing round: for each pair whose pick is not decided on validation (and has every
+    method confirmed), more seeds for the leader and every method tied with it, up to the next planned
+    look. Their configs are the ones already confirmed. Empty: every pair is decided or at the cap."""
+    looks = planned_looks(study)
+    points = []
+    for v in verdicts:
+        confirmed = {m: r for m, r in v.methods.items() if r.confirmed}
+        if v.decided or len(v.tied) < 2 or len(confirmed) < len(v.methods):
+            continue
+        have = min(confirmed[m].run for m in v.tied)
+        nxt = next((n for n in looks if n > have), None)
+        if nxt is None:
+            continue
+        for m in v.tied:
+            r = confirmed[m]
+            params = next(iter(r.seeds.values()))["params"]
+            done = set(r.seeds) | set(r.failed_seeds)
+            for s in range(1, nxt + 1):
+                if study.seed + s not in done:
+                    points.append({"teacher": v.teacher, "student": v.student, "method": m, "phase": "confirm",
+                                   "seed": study.seed + s, **params})
+    return points
 
 
 def seeds_needed(results: dict[str, MethodResult], top: str, others: list[str], alpha: float
@@ -338,13 +372,13 @@ def seeds_needed(results: dict[str, MethodResult], top: str, others: list[str], 
     return out
 
 
-def _seeds_line(study: Study, v: Verdict, common: dict[str, MethodResult], looks: list[int]) -> str:
+def _seeds_line(study: Study, v: Verdict) -> str:
     """Each method's seeds, why confirmation stopped and, when undecided, the seeds that would tell."""
     seeds = ", ".join(f"{NAMES[m]} {r.finished}" for m, r in v.methods.items() if r.run)
     why = {"decided": "stopped: decided",
            "cap": f"stopped: search.confirm_seeds_max = {study.search.confirm_seeds_max} reached, undecided"}.get(
         v.stop, "")
-    text = f" (seeds: {seeds}{'; ' + why if why else ''}"
+    text = f"confirmation seeds: {seeds}{' (' + why + ')' if why else ''}"
     parts = []
     for m, (observed, one) in v.seeds_needed.items():
         o = f"{observed} seeds" if observed else "more than 1,000 seeds"
@@ -352,7 +386,7 @@ def _seeds_line(study: Study, v: Verdict, common: dict[str, MethodResult], looks
         parts.append(f"{NAMES[m]}: {o} would tell the observed difference apart, {p} a 1-point one (80% power)")
     if parts:
         text += "; " + "; ".join(parts)
-    return text + ")"
+    return text
 
 
 def _test_line(v: Verdict) -> str:
@@ -369,7 +403,7 @@ def _test_line(v: Verdict) -> str:
 def _notes(study: Study, v: Verdict, quality: dict[str, dict] | None, lead: bool) -> Verdict:
     """What a reader must know beside the pick: the size compared, missing or failed runs, unequal
     budgets and a teacher no better than the student alone."""
-    notes = []
+    notes = [v.seeds_text] if v.seeds_text else []
     if v.size:
         notes.append(f"all methods at {_size_text(v.size)}" + (f" ({v.student_parameters:,} parameters)"
                                                                if v.student_parameters else ""))

@@ -137,3 +137,68 @@ def test_dodge_expected_max():
     # n = 2 by hand: P(max = v_(i)) = (i/N)^2 - ((i-1)/N)^2
     assert e.mean[1] == pytest.approx(sum(x * ((i / 5) ** 2 - ((i - 1) / 5) ** 2) for i, x in enumerate(sorted(v), 1)))
     assert len(stats.expected_max(v).n) == 5 and len(stats.expected_max([]).mean) == 0
+
+
+# ---------------------------------------------------------------------------------------- seeds x test examples (#22)
+def test_crossed_interval_is_the_test_sets_t_interval_when_seeds_agree():
+    """Every seed predicts alike: no seed term, so the interval is Student's t over the per-example
+    differences (scipy.stats.ttest_1samp), df N-1."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 300)
+    a1, b1 = np.where(rng.random(300) < 0.9, y, 1 - y), np.where(rng.random(300) < 0.85, y, 1 - y)
+    a, b = np.tile(a1, (3, 1)), np.tile(b1, (3, 1))
+    d = stats.crossed_interval(a, y, "accuracy", b)
+    ref = sps.ttest_1samp((a1 == y).astype(float) - (b1 == y), 0)
+    ci = ref.confidence_interval(0.95)
+    assert (d.low, d.high, d.pvalue) == pytest.approx((ci.low, ci.high, ref.pvalue))
+
+
+def test_crossed_interval_is_the_paired_t_over_seeds_when_examples_agree():
+    """Each seed is all right or all wrong on every example alike: no example term, so the interval is the
+    paired t-interval over seeds (scipy.stats.ttest_rel), df S-1."""
+    y = np.zeros(50, dtype=int)
+    right = np.array([[1, 1, 0, 1], [0, 1, 0, 0]])  # seeds x method: a right / b right
+    a = np.stack([np.full(50, 0 if r else 1) for r in right[0]])
+    b = np.stack([np.full(50, 0 if r else 1) for r in right[1]])
+    d = stats.crossed_interval(a, y, "accuracy", b)
+    ref = sps.ttest_rel(right[0].astype(float), right[1].astype(float))
+    ci = ref.confidence_interval(0.95)
+    assert d.estimate == pytest.approx(0.5)
+    assert d.pvalue == pytest.approx(ref.pvalue) and d.low == pytest.approx(ci.low)
+    assert d.high == 1.0 and ci.high > 1  # clipped: a difference of accuracies is at most 100 points
+
+
+def test_crossed_interval_of_f1_takes_its_terms_from_the_example_bootstrap():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 400)
+    a = np.where(rng.random((4, 400)) < 0.9, y, 1 - y)
+    b = np.where(rng.random((4, 400)) < 0.8, y, 1 - y)
+    d = stats.crossed_interval(a, y, "f1", b, rng=0)
+    assert d.low < d.estimate < d.high and d.low > 0  # 10 points apart on 400 examples: clearly positive
+    mean = stats.crossed_interval(a, y, "mcc", rng=0)
+    assert -1 <= mean.low < mean.estimate < mean.high <= 1
+
+
+def test_bounded_clips_to_the_metrics_range():
+    assert stats.bounded(0.9, 1.2, "accuracy") == (0.9, 1.0)
+    assert stats.bounded(-2.5, 0.1, "mcc", difference=True) == (-2.0, 0.1)
+    assert stats.bounded(math.nan, math.nan, "f1")[0] != stats.bounded(math.nan, math.nan, "f1")[0]
+
+
+def test_seeds_for_power_matches_the_textbook_one_sample_t():
+    """Cohen's d = 1 (mean 1, SD 1), two-sided alpha 0.05, 80% power: 10 pairs (Cohen 1988; G*Power)."""
+    d = np.array([0.0, 1.0, 2.0])  # mean 1, SD 1
+    p = stats.seeds_for_power(d)
+    assert p.seeds_needed == 10
+    # the power reported at the observed 3 seeds is the noncentral t's
+    crit = sps.t.ppf(0.975, 2)
+    assert p.power == pytest.approx(sps.nct.sf(crit, 2, np.sqrt(3)) + sps.nct.cdf(-crit, 2, np.sqrt(3)))
+    assert stats.seeds_for_power(d, effect=0.5).seeds_needed > 30  # half the effect: about 4x the seeds
+    assert stats.seeds_for_power([1.0, 1.0, 1.0]).seeds_needed is None  # no spread: nothing to judge by
+
+
+def test_racing_looks_double_up_to_the_cap():
+    assert stats.racing_looks(3, 10) == [3, 6, 10]
+    assert stats.racing_looks(3, 8) == [3, 6, 8]
+    assert stats.racing_looks(3, 3) == [3]
+    assert stats.racing_looks(5, 10) == [5, 10]

@@ -166,6 +166,26 @@ def register_best_students(study: Study, rows: list[dict], teacher_dirs: dict[st
                                pick=v)
 
 
+def race(study: Study, rows: list[dict], quality: dict, teacher_dirs: dict[str, Path], callback, tracker,
+         max_concurrent: int, signals: Signals) -> list[dict]:
+    """Racing: while a pair's pick is undecided on validation, its leader and the methods tied with it get
+    more seeds, one round per planned look (verdict.planned_looks), each round its own resumable Tune
+    experiment (`confirm-2`, `confirm-3`, ...). Returns the rows of the rounds run."""
+    from akd_ray import report as reports
+    from akd_ray.verdict import planned_looks, racing_points
+
+    new: list[dict] = []
+    for k in range(2, 1 + len(planned_looks(study))):
+        points = racing_points(study, reports.verdicts(study, rows + new, quality))
+        if not points:
+            break
+        tracker.phase(f"confirm-{k}")
+        new += trial_rows(run_phase(study, f"confirm-{k}", lambda: Points(points), len(points), teacher_dirs,
+                                    [callback, progress.ProgressCallback(f"confirm-{k}", progress.budgets_of(points))],
+                                    max_concurrent, signals))
+    return new
+
+
 @dataclass
 class StudyResult:
     rows: list[dict]
@@ -234,6 +254,7 @@ def run_study(study: Study, address: str | None = None, say: Callable[[str], Non
             rows += trial_rows(run_phase(study, "confirm", lambda: Points(points), len(points), teacher_dirs,
                                          [callback, progress.ProgressCallback("confirm", progress.budgets_of(points))],
                                          max_concurrent, signals))
+            rows += race(study, rows, quality, teacher_dirs, callback, tracker, max_concurrent, signals)
         signals.stage = "the report (every trial had finished)"
         tracker.phase("report")
         files = reports.write_report(study, rows, layout.report, quality)  # local first: never lost to MLflow
