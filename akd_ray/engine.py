@@ -202,14 +202,19 @@ def evaluate(model: nn.Module, task: TaskData, split: Split, device: torch.devic
     return broadcast_object(compute_metrics(task.name, logits, split.labels))
 
 
-def save_predictions(path: Path, logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> None:
+def save_predictions(path: Path, logits: torch.Tensor, labels: torch.Tensor, regression: bool,
+                     val_logits: torch.Tensor | None = None, val_labels: torch.Tensor | None = None) -> None:
     """One run's per-example test predictions (`pred`: class ids, or values for regression) and the
-    labels, in the split's order: what the report's paired bootstrap resamples."""
+    labels, in the split's order, and those of the validation split (`val_pred`, `val_label`): what the
+    verdict's intervals on test and its decision on validation take the test set's noise from."""
     import numpy as np
 
-    pred = logits.squeeze(-1).float() if regression else logits.argmax(-1)
+    def ids(x):
+        return (x.squeeze(-1).float() if regression else x.argmax(-1)).cpu().numpy()
+
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, pred=pred.cpu().numpy(), label=labels.cpu().numpy())
+    val = {} if val_logits is None else {"val_pred": ids(val_logits), "val_label": val_labels.cpu().numpy()}
+    np.savez_compressed(path, pred=ids(logits), label=labels.cpu().numpy(), **val)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -415,7 +420,9 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
     test_logits = predict(best, task, task.test, device, train.eval_batch_size, autocast)
     test = evaluate(best, task, task.test, device, train.eval_batch_size, autocast, test_logits)
     if predictions_file is not None and is_chief():
-        save_predictions(predictions_file, test_logits, task.test.labels, task.is_regression)
+        val_logits = predict(best, task, task.val, device, train.eval_batch_size, autocast)
+        save_predictions(predictions_file, test_logits, task.test.labels, task.is_regression, val_logits,
+                         task.val.labels)
     result = {"best_epoch": state["best_epoch"], "best_stage": state["best_stage"], "val_best": state["best"],
               **{f"test_{k}": v for k, v in test.items()}, "test_metric": test[task.metric],
               "student_parameters": num_parameters(best)}

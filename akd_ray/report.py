@@ -166,16 +166,21 @@ def _pts(x: float) -> str:
 # ---------------------------------------------------------------------------------------- tuning budget
 def budget_rows(study: Study, rows: list[dict]) -> list[dict]:
     """Per pair and method, the expected best validation metric after n = 1..budget search trials
-    (stats.expected_max over the method's finished search trials; Dodge et al. 2019)."""
+    (stats.expected_max over the method's search trials; Dodge et al. 2019). A trial stopped early
+    counts at the last validation score it reached (`pruned` says how many): dropping them would leave
+    only the better trials of a method that early stopping pruned often, and flatter its curve."""
     n_max = max(study.search.trials.values())
     out = []
     for teacher, student in study.pairs:
         for method in study.search.methods:
-            vals = [r["val_best"] for r in rows if r["phase"] == "search" and r.get("finished")
+            mine = [r for r in rows if r["phase"] == "search" and (r.get("finished") or r.get("stopped"))
+                    and r.get("val_best") is not None
                     and (r["teacher"], r["student"], r["method"]) == (teacher, student, method)]
+            vals = [r["val_best"] for r in mine]
             e = stats.expected_max(vals, n_max)
             out += [{"teacher": teacher, "student": student, "method": method, "trials": int(n),
                      "expected_best_val": float(m), "std": float(sd), "observed_trials": len(vals),
+                     "pruned": sum(not r.get("finished") for r in mine),
                      "budget": study.search.trials[method]} for n, m, sd in zip(e.n, e.mean, e.std)]
     return out
 

@@ -203,17 +203,17 @@ def crossed_interval(pred_a, labels, metric: str, pred_b=None, level: float = LE
     Model (two-way crossed random effects, one observation per cell): x_si = μ + α_s + β_i + ε_si,
     x_si the score of seed s on example i (for accuracy 1[ŷ_si = y_i], minus that of b for a
     difference). The estimate x̄ has Var = σ_α²/S + σ_β²/N + σ_ε²/(SN) = (MS_seed + MS_ex - MS_err)/(SN)
-    from the ANOVA mean squares (E MS_seed = Nσ_α² + σ_ε², E MS_ex = Sσ_β² + σ_ε², E MS_err = σ_ε²),
-    df = (Σ c_k MS_k)² / Σ (c_k MS_k)² / df_k (Satterthwaite 1946) with df_seed = S-1,
-    df_ex = N-1, df_err = (S-1)(N-1); the interval is x̄ ± t_{(1+level)/2, df} · SE and p is the
-    two-sided t p-value of x̄ = 0 (for a difference). With few seeds df falls toward S-1, so the
-    interval is a paired t-interval over seeds widened by the test set's own noise.
+    from the ANOVA mean squares (E MS_seed = Nσ_α² + σ_ε², E MS_ex = Sσ_β² + σ_ε², E MS_err = σ_ε²):
+    the seeds' term v_α = max(MS_seed - MS_err, 0)/(SN) (S-1 df) plus the examples' v_β = MS_ex/(SN)
+    (N-1 df; it carries σ_ε²/(SN)), SE² = max(v_α + v_β, MS_seed/(SN)), and Satterthwaite's
+    df = (v_α + v_β)² / (v_α²/(S-1) + v_β²/(N-1)) (Satterthwaite 1946; MS_err, with (S-1)(N-1) df, is
+    taken as known). The interval is x̄ ± t_{(1+level)/2, df} · SE and p is the two-sided t p-value of
+    x̄ = 0. Where the seeds' own term dominates, df falls to S-1: a paired t-interval over seeds widened
+    by the test set's noise; where it vanishes, a t-interval over the test examples.
 
-    Metrics that are not a mean over examples (F1, MCC, Pearson) take the same components from a
-    bootstrap over test examples with the seeds held fixed (`resamples`, seeded by `rng`):
-    v_seed = s²(d_s)/S, v_ex = Var*(x̄*), v_one = mean_s Var*(d_s*), and
-    SE² = v_seed + v_ex - (v_one - v_ex)/(S-1) (the interaction counted once), df as above with
-    v_seed at S-1 and the rest at N-1. SE² is never taken below its largest single component.
+    Metrics that are not a mean over examples (F1, MCC, Pearson) take the same terms from a bootstrap
+    over test examples with the seeds held fixed (`resamples`, seeded by `rng`): MS_seed/(SN) =
+    s²(d_s)/S, v_β = Var*(x̄*), MS_err/(SN) = (mean_s Var*(d_s*) - v_β)/(S-1).
     The bounds are clipped to the metric's range (`bounded`). Fewer than 2 seeds: nan bounds, p = 1.
     References: Satterthwaite (1946) Biometrics Bull. 2, 110-114; Bouthillier et al. (2021)
     "Accounting for variance in machine learning benchmarks"; the benchmark bench/calibration.py
@@ -239,20 +239,19 @@ def crossed_interval(pred_a, labels, metric: str, pred_b=None, level: float = LE
         ms_ex = seeds * cols.var(ddof=1)
         resid = x - rows[:, None] - cols[None, :] + x.mean()
         ms_err = float((resid ** 2).sum()) / ((seeds - 1) * (n - 1))
-        terms = [(ms_seed, seeds - 1), (ms_ex, n - 1), (-ms_err, (seeds - 1) * (n - 1))]
-        var = max(ms_seed + ms_ex - ms_err, ms_seed, ms_ex) / (seeds * n)
-        dens = sum(c * c / df for c, df in terms) / (seeds * n) ** 2
+        v_seed, v_ex, v_err = ms_seed / (seeds * n), ms_ex / (seeds * n), ms_err / (seeds * n)
     else:
         w = _example_counts(np.random.default_rng(rng), n, resamples)
         d = _metric(a, y, w, metric) - (0 if b is None else _metric(b, y, w, metric))  # (S, k)
-        v_seed, v_ex = per_seed.var(ddof=1) / seeds, float(d.mean(0).var(ddof=1))
-        v_one = float(d.var(1, ddof=1).mean())
-        var = max(v_seed + v_ex - (v_one - v_ex) / (seeds - 1), v_seed, v_ex)
-        dens = v_seed ** 2 / (seeds - 1) + (var - v_seed) ** 2 / (n - 1)
+        v_seed, v_ex = float(per_seed.var(ddof=1)) / seeds, float(d.mean(0).var(ddof=1))
+        v_err = max(float(d.var(1, ddof=1).mean()) - v_ex, 0.0) / (seeds - 1)
+    seed_part = max(v_seed - v_err, 0.0)  # σ_α²/S: the seeds' own term, S-1 df
+    var = max(seed_part + v_ex, v_seed)
     se = math.sqrt(var)
     if se == 0:
         return Difference(estimate, estimate, estimate, 1.0 if estimate == 0 else 0.0, seeds, CROSSED)
-    df = float(np.clip(var * var / dens if dens > 0 else seeds - 1, seeds - 1, n - 1))
+    dens = seed_part ** 2 / (seeds - 1) + v_ex ** 2 / (n - 1)
+    df = float(np.clip((seed_part + v_ex) ** 2 / dens if dens > 0 else seeds - 1, seeds - 1, n - 1))
     half = sps.t.ppf((1 + level) / 2, df) * se
     p = float(2 * sps.t.sf(abs(estimate) / se, df))
     low, high = bounded(float(estimate - half), float(estimate + half), metric, difference=b is not None)

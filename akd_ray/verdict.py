@@ -146,13 +146,23 @@ def recipe(study: Study, method: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------- comparisons
-def compare_on_validation(results: dict[str, MethodResult], best: str) -> dict[str, stats.Difference]:
-    """best - other of the validation metric, paired by seed, Holm-adjusted p-values."""
-    out = {m: stats.paired_interval(*_paired(results[best], r, "val_best")) for m, r in results.items() if m != best}
+def compare_on_validation(results: dict[str, MethodResult], best: str, metric: str | None = None
+                          ) -> dict[str, stats.Difference]:
+    """best - other of the validation metric on their common seeds, Holm-adjusted p-values: the seeds ×
+    validation-examples t (stats.crossed_interval, so the finite validation set counts as noise too)
+    where both saved their validation predictions and `metric` is given, else the paired t over seeds."""
+    out = {}
+    for m, r in results.items():
+        if m == best:
+            continue
+        common = sorted(set(results[best].seeds) & set(r.seeds))
+        preds = (_predictions(results[best], r, common, "val_") if metric in stats.BOOTSTRAP_METRICS else None)
+        out[m] = (stats.crossed_interval(preds[0], preds[2], metric, preds[1], rng=0) if preds is not None
+                  else stats.paired_interval(*_paired(results[best], r, "val_best")))
     return _holm(out)
 
 
-def decide_on_validation(results: dict[str, MethodResult], alpha: float = 1 - stats.LEVEL
+def decide_on_validation(results: dict[str, MethodResult], alpha: float = 1 - stats.LEVEL, metric: str | None = None
                          ) -> tuple[str, list[str], dict[str, stats.Difference]]:
     """The leader on validation and the methods that cannot be told from it, on the seeds every method
     finished (so a method that fails on hard seeds is not lifted by dropping them; see `on_common_seeds`).
@@ -163,7 +173,7 @@ def decide_on_validation(results: dict[str, MethodResult], alpha: float = 1 - st
     """
     common = on_common_seeds(results)
     top = max(common, key=lambda m: common[m].val)
-    on_val = compare_on_validation(common, top)
+    on_val = compare_on_validation(common, top, metric)
     tied = [top] + [m for m, d in on_val.items() if d.pvalue > alpha]
     return top, tied, on_val
 
@@ -238,19 +248,26 @@ def _paired(a: MethodResult, b: MethodResult, key: str) -> tuple[list[float], li
     return [a.seeds[s][key] for s in common], [b.seeds[s][key] for s in common]
 
 
-def _predictions(a: MethodResult, b: MethodResult, seeds: list[int]) -> tuple | None:
-    """(pred_a, pred_b, labels) of the common seeds, or None when any run lacks a predictions file or
-    the runs disagree on the test split."""
+def _predictions(a: MethodResult, b: MethodResult, seeds: list[int], split: str = "") -> tuple | None:
+    """(pred_a, pred_b, labels) of the common seeds on test (`split` "") or validation ("val_"), or None
+    when any run lacks them or the runs disagree on the split. A row may carry them itself
+    (`<split>pred`, `<split>label` arrays) or name its predictions file."""
     if len(seeds) < 2:
         return None
     preds, labels = {"a": [], "b": []}, None
     for who, r in (("a", a), ("b", b)):
         for s in seeds:
-            path = r.seeds[s].get("predictions")
-            if not path or not Path(path).exists():
-                return None
-            with np.load(path) as f:
-                pred, label = f["pred"], f["label"]
+            row = r.seeds[s]
+            if f"{split}pred" in row:
+                pred, label = row[f"{split}pred"], row[f"{split}label"]
+            else:
+                path = row.get("predictions")
+                if not path or not Path(path).exists():
+                    return None
+                with np.load(path) as f:
+                    if f"{split}pred" not in f:
+                        return None
+                    pred, label = f[f"{split}pred"], f[f"{split}label"]
             if labels is None:
                 labels = label
             elif label.shape != labels.shape or not np.array_equal(label, labels):
@@ -296,7 +313,7 @@ def judge(study: Study, teacher: str, student: str, rows: list[dict],
         r.low, r.high = method_interval(study, r)
     looks = planned_looks(study)
     alpha = (1 - stats.LEVEL) / len(looks)  # Bonferroni over the planned looks (racing)
-    top, verdict.tied, on_val = decide_on_validation(confirmed, alpha)
+    top, verdict.tied, on_val = decide_on_validation(confirmed, alpha, _metric_name(study))
     common = on_common_seeds(confirmed)
     fewest = min(r.finished for r in common.values())
     best = top if fewest < MIN_SEEDS else min(verdict.tied, key=CHEAPEST_FIRST.index)

@@ -67,14 +67,15 @@ def load_runs(study_dir: Path, student: str | None) -> tuple[np.ndarray, list[st
         if phase == "confirm":
             by_method.setdefault(method, []).append(100 * c.mean())
     sds = [np.std(v, ddof=1) for v in by_method.values() if len(v) > 1]
-    return np.stack([c for _, _, c in mine]).astype(float), [m for m, _, _ in mine], \
+    # a method's label only on its confirmation runs (one config over seeds): search runs differ by config
+    return np.stack([c for _, _, c in mine]).astype(float), [m if ph == "confirm" else "" for m, ph, _ in mine], \
         float(np.median(sds)) if sds else 1.0, student
 
 
 def method_spread(correct: np.ndarray, methods: list[str], p: np.ndarray) -> float:
     """omega: the SD (logits) of one method's per-example advantage over another, beyond binomial noise:
     Var_i(p_iA - p_iB) minus its expected noise, mapped to logits by the slope p(1-p)."""
-    groups = {m: correct[[i for i, x in enumerate(methods) if x == m]] for m in set(methods)}
+    groups = {m: correct[[i for i, x in enumerate(methods) if x == m]] for m in set(methods) if m}
     groups = {m: g for m, g in groups.items() if len(g) >= 2}
     if len(groups) < 2:
         return 0.3
@@ -125,11 +126,13 @@ class World:
 
 # ---------------------------------------------------------------------------------------- one simulated study
 def results_of(val_a: np.ndarray, val_b: np.ndarray) -> dict[str, MethodResult]:
-    """The two methods as the verdict sees them: per-seed validation scores."""
-    out = {}
+    """The two methods as the verdict sees them: per seed, its validation score and per-example validation
+    predictions ((seeds, N) correctness, as predictions of an all-ones label)."""
+    out, labels = {}, np.ones(val_a.shape[1], dtype=int)
     for name, val in (("a", val_a), ("b", val_b)):
-        seeds = {s: {"val_best": float(v), "test_metric": math.nan} for s, v in enumerate(val)}
-        out[name] = MethodResult(name, {}, [0.0] * len(val), True, 1, 0, 0, float(np.mean(val)), seeds=seeds)
+        seeds = {s: {"val_best": float(v.mean()), "test_metric": math.nan, "val_pred": v, "val_label": labels}
+                 for s, v in enumerate(val.astype(int))}
+        out[name] = MethodResult(name, {}, [0.0] * len(val), True, 1, 0, 0, float(val.mean()), seeds=seeds)
     return out
 
 
@@ -138,8 +141,7 @@ def one_study(sim: dict[str, np.ndarray], k: int, looks: list[int], old: bool) -
     each printed interval covers the truth (filled in by the caller)."""
     alpha = (1 - stats.LEVEL) / len(looks)
     for n in looks:
-        val = {w: sim[f"{w}_val"][k, :n].mean(1) for w in "ab"}
-        top, tied, _ = decide_on_validation(results_of(val["a"], val["b"]), alpha)
+        top, tied, _ = decide_on_validation(results_of(sim["a_val"][k, :n], sim["b_val"][k, :n]), alpha, "accuracy")
         if len(tied) == 1:
             break
     labels = np.ones(sim["a_test"].shape[2], dtype=int)  # correctness as predictions of an all-ones label
@@ -185,6 +187,8 @@ def main() -> None:
     ap.add_argument("study_dir", nargs="?", default="akd-results/quickstart", type=Path)
     ap.add_argument("--student", default=None, help="whose runs to learn from (default: the best-scoring student)")
     ap.add_argument("--studies", type=int, default=1000, help="simulated studies per cell")
+    ap.add_argument("--seed-sd", type=float, nargs="*", default=None,
+                    help="seed SDs (points) to simulate; default: the study's own and 2.0 (seed noise dominating)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("akd-results/bench/calibration.json"))
     args = ap.parse_args()
@@ -194,20 +198,23 @@ def main() -> None:
     t0 = time.perf_counter()
     correct, methods, seed_sd, student = load_runs(args.study_dir, args.student)
     rng = np.random.default_rng(args.seed)
-    world = World(correct, methods, seed_sd, rng)
-    print(f"learnt from {len(correct)} runs of {student} on {world.n} test examples: seed SD {seed_sd:.2f} points, "
-          f"omega {world.omega:.2f} logits, sigma_u {world.sigma_u:.3f} logits", flush=True)
     rows = []
-    for seeds in (*SEEDS, "race"):
-        for effect in EFFECTS:
-            rows += cell(world, rng, args.studies, seeds, effect, old=effect == 0 and seeds != "race")
-            for r in rows[-2 if effect or seeds == "race" else -4:]:
-                print(f"S={r['seeds']:>5} effect {effect:3.1f}: cover {r['coverage']:.3f} decided "
-                      f"{r['decided_rate']:.3f} power {r['power']:.3f} seeds {r['seeds_spent']:.1f}  {r['interval']}",
-                      flush=True)
+    for sd in args.seed_sd or [round(seed_sd, 2), 2.0]:
+        world = World(correct, methods, sd, rng)
+        print(f"learnt from {len(correct)} runs of {student} on {world.n} test examples (their seed SD "
+              f"{seed_sd:.2f} points); simulating seed SD {sd:.2f} points: omega {world.omega:.2f} logits, "
+              f"sigma_u {world.sigma_u:.3f} logits", flush=True)
+        for seeds in (*SEEDS, "race"):
+            for effect in EFFECTS:
+                got = cell(world, rng, args.studies, seeds, effect, old=effect == 0 and seeds != "race")
+                rows += [{**r, "seed_sd_points": sd} for r in got]
+                for r in got:
+                    print(f"S={r['seeds']:>5} effect {effect:3.1f}: cover {r['coverage']:.3f} decided "
+                          f"{r['decided_rate']:.3f} power {r['power']:.3f} seeds {r['seeds_spent']:.1f}  "
+                          f"{r['interval']}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     source = {"study": str(args.study_dir), "student": student, "runs": len(correct), "test_examples": world.n,
-              "seed_sd_points": round(seed_sd, 3), "omega_logits": round(world.omega, 3)}
+              "runs_seed_sd_points": round(seed_sd, 3), "omega_logits": round(world.omega, 3)}
     args.out.write_text(json.dumps([{**r, "source": source} for r in rows], indent=1))
     print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s")
 

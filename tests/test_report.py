@@ -242,9 +242,12 @@ def test_the_files_the_budget_curves_and_the_summary_wording(study, tmp_path):
     assert "big → small: use Annealing-KD tau_max 4, cosine" in summary and "big → tiny: no verdict" in summary
     with open(tmp_path / "report/budget.csv") as f:
         budget = [r for r in csv.DictReader(f) if (r["student"], r["method"]) == ("small", "annealing")]
-    # one finished search trial per method here: E[max] is that trial's score at every n
+    # one finished and one pruned search trial per method here
     assert [r["trials"] for r in budget] == ["1", "2"]
-    assert float(budget[0]["expected_best_val"]) == max(AHEAD["annealing"])
+    # the pruned trial (stopped early at 0.5) counts at its last score: E[best of 1] is the mean of both
+    assert float(budget[0]["expected_best_val"]) == pytest.approx((max(AHEAD["annealing"]) + 0.5) / 2)
+    assert float(budget[1]["expected_best_val"]) > float(budget[0]["expected_best_val"])
+    assert budget[0]["pruned"] == "1" and budget[0]["observed_trials"] == "2"
 
 
 def test_summary_says_no_method_is_clearly_better_when_nothing_is_decided(study, tmp_path):
@@ -319,3 +322,25 @@ def test_undecided_names_the_seeds_that_would_tell(study):
     assert one_point is not None and one_point > 3
     assert "seeds a 1-point one (80% power)" in v.text
     assert "confirmation seeds: scratch 3, KD 3, Annealing-KD 3" in v.text
+
+
+def test_racing_adds_seeds_while_undecided_and_stops_at_decided_and_at_the_cap(study):
+    from akd_ray.verdict import planned_looks, racing_points
+
+    study = study.model_copy(update={"search": study.search.model_copy(update={"confirm_seeds_max": 8})})
+    assert planned_looks(study) == [3, 6, 8]
+    # undecided at 3 seeds: Annealing-KD and KD tied, scratch clearly behind -> 3 more seeds for the two
+    val = {"annealing": [0.951, 0.945, 0.957], "kd": [0.950, 0.948, 0.951], "scratch": [0.80, 0.81, 0.805]}
+    points = racing_points(study, [judge(study, "big", "small", rows_for("small", val))])
+    assert sorted((p["method"], p["seed"]) for p in points) == [(m, s) for m in ("annealing", "kd") for s in (4, 5, 6)]
+    assert all(p["phase"] == "confirm" and p["tau_max"] == 4 for p in points if p["method"] == "annealing")
+    # decided: no round
+    assert racing_points(study, [judge(study, "big", "small", rows_for("small", AHEAD))]) == []
+    # still tied at the cap (8 seeds): no round, and the verdict says why it stopped
+    tied = {"annealing": [0.951, 0.945, 0.957, 0.950, 0.946, 0.955, 0.949, 0.952],
+            "kd": [0.950, 0.948, 0.951, 0.952, 0.944, 0.956, 0.951, 0.949], "scratch": [0.80] * 8}
+    v = judge(study, "big", "small", rows_for("small", tied))
+    assert racing_points(study, [v]) == [] and v.stop == "cap"
+    assert "search.confirm_seeds_max = 8 reached, undecided" in v.text
+    # decided at a look: the verdict says so
+    assert judge(study, "big", "small", rows_for("small", AHEAD)).stop == "decided"
