@@ -211,6 +211,10 @@ class SearchSpec(Frozen):
     confirm_seeds: int = Field(3, ge=0, description="re-runs of each pair's best config of every method, "
                                                     "each seed with its own init, batch order and "
                                                     "augmentation; the verdict needs at least 3")
+    shared: tuple[str, ...] | None = Field(None, description="the student's training recipe tuned once per pair "
+                                           "on scratch's budget (scratch searches it), then fixed for every other "
+                                           "method, which searches only its own knobs; None: the recipe knobs "
+                                           "(RECIPE_KNOBS) the space searches; []: every method tunes its own")
     confirm_seeds_max: int = Field(10, ge=0, description="racing: while the pick is not decided on validation, "
                                    "the leader and every method tied with it get more seeds (doubling from "
                                    "confirm_seeds) up to this many; each look is judged at 0.05 / the number "
@@ -229,6 +233,14 @@ class SearchSpec(Frozen):
         if not v:
             raise ValueError(f"names no method: give each method its trials per pair, e.g. "
                              f"{{annealing: 8, kd: 4, scratch: 1}} (methods: {', '.join(METHODS)})")
+        return v
+
+    @field_validator("shared")
+    @classmethod
+    def _recipe_knobs(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        bad = [k for k in v or () if k not in RECIPE_KNOBS]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a training-recipe knob; valid: {', '.join(RECIPE_KNOBS)}")
         return v
 
     @model_validator(mode="after")

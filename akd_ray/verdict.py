@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from akd_ray import stats
-from akd_ray.config import KNOBS, Study, base_method, levers
+from akd_ray.config import KNOBS, RECIPE_KNOBS, Study, base_method, levers
 
 MIN_SEEDS = 3  # below this a 95% interval is too wide to say anything (t = 4.3 at n = 3)
 NAMES = {"scratch": "scratch", "kd": "KD", "takd": "TAKD", "annealing": "Annealing-KD", "prokd": "Pro-KD",
@@ -421,6 +421,9 @@ def _notes(study: Study, v: Verdict, quality: dict[str, dict] | None, lead: bool
     """What a reader must know beside the pick: the size compared, missing or failed runs, unequal
     budgets and a teacher no better than the student alone."""
     notes = [v.seeds_text] if v.seeds_text else []
+    recipe_line = _recipe_line(v) if lead else ""
+    if recipe_line:
+        notes.append(recipe_line)
     if v.size:
         notes.append(f"all methods at {_size_text(v.size)}" + (f" ({v.student_parameters:,} parameters)"
                                                                if v.student_parameters else ""))
@@ -448,6 +451,25 @@ def _notes(study: Study, v: Verdict, quality: dict[str, dict] | None, lead: bool
     if notes:
         v.text += " — " + "; ".join(notes)
     return v
+
+
+def _recipe_line(v: Verdict) -> str:
+    """Which training recipe the methods trained with: one shared (search.shared: tuned on scratch's
+    budget) or each its own, with the values, so a lead is never a tuning artefact unawares."""
+    ran = {m: r for m, r in v.methods.items() if r.n}
+    knobs = [k for k in RECIPE_KNOBS if any(k in r.config for r in ran.values())]
+    if len(ran) < 2 or not knobs:
+        return ""
+    values = {k: {m: r.config.get(k) for m, r in ran.items()} for k in knobs}
+    if all(len(set(map(str, vals.values()))) == 1 for vals in values.values()):
+        return "one training recipe for every method (" + ", ".join(
+            f"{k} {_value(next(iter(vals.values())))}" for k, vals in values.items()) + ")"
+    return "each method tuned its own training recipe (" + "; ".join(
+        f"{k}: " + ", ".join(f"{NAMES[m]} {_value(x)}" for m, x in vals.items()) for k, vals in values.items()) + ")"
+
+
+def _value(x: Any) -> str:
+    return f"{x:.3g}" if isinstance(x, float) else str(x)
 
 
 def _size_text(size: dict[str, Any]) -> str:

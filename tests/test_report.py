@@ -344,3 +344,10 @@ def test_racing_adds_seeds_while_undecided_and_stops_at_decided_and_at_the_cap(s
     assert "search.confirm_seeds_max = 8 reached, undecided" in v.text
     # decided at a look: the verdict says so
     assert judge(study, "big", "small", rows_for("small", AHEAD)).stop == "decided"
+
+
+def test_the_verdict_says_which_training_recipe_the_methods_used(study):
+    v = judge(study, "big", "small", rows_for("small", AHEAD))
+    assert "each method tuned its own training recipe (lr: scratch 0.006, KD 0.004, Annealing-KD 0.005)" in v.text
+    shared = [{**r, "params": {**r["params"], "lr": 0.006}} for r in rows_for("small", AHEAD)]
+    assert "one training recipe for every method (lr 0.006)" in judge(study, "big", "small", shared).text

@@ -28,7 +28,7 @@ from akd_ray.space import STUDENT
 from akd_ray.study.cluster import check_resources
 from akd_ray.study.layout import IDENTITY, METRIC, MODE, PREDICTIONS_FILE, STUDENT_DIR, Layout, optuna_storage
 from akd_ray.study.scheduler import GroupedHalving
-from akd_ray.study.search import Points, searcher_for
+from akd_ray.study.search import Points, recipe_of, recipe_phases, searcher_for, shared_knobs
 from akd_ray.study.signals import Interrupted, Signals
 from akd_ray.study.teachers import (assess_teachers, check_teachers, prepare_teachers, teacher_line,
                                     teacher_vs_scratch)
@@ -52,7 +52,7 @@ def run_phase(study: Study, phase: str, searcher: Callable[[], Searcher], num_sa
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=False, restart_errored=False)
     else:
         scheduler = None
-        if study.search.scheduler == "asha" and phase == "search":
+        if study.search.scheduler == "asha" and phase.startswith("search"):
             scheduler = GroupedHalving(study.search.grace_period, study.search.reduction_factor,
                                        max_t=study.train.epochs)
         tuner = tune.Tuner(
@@ -166,6 +166,32 @@ def register_best_students(study: Study, rows: list[dict], teacher_dirs: dict[st
                                pick=v)
 
 
+def search(study: Study, space, teacher_dirs: dict[str, Path], callback, max_concurrent: int,
+           signals: Signals) -> list[dict]:
+    """The search phase. With a shared recipe (search.shared), two Tune experiments: `search-recipe`
+    (scratch over the full space: the recipe, on scratch's budget), then `search` (every other method
+    over its own knobs, trained with the recipe scratch found for its pair)."""
+    phases = recipe_phases(study, space)
+    if phases is None:
+        return _search_phase(study, space, "search", teacher_dirs, callback, max_concurrent, signals)
+    (first, full), (second, own) = phases
+    rows = _search_phase(first, full, "search-recipe", teacher_dirs, callback, max_concurrent, signals)
+    fixed = recipe_of(rows, shared_knobs(study, space))
+    return rows + _search_phase(second, own, "search", teacher_dirs, callback, max_concurrent, signals, fixed)
+
+
+def _search_phase(study: Study, space, phase: str, teacher_dirs: dict[str, Path], callback, max_concurrent: int,
+                  signals: Signals, fixed: dict | None = None) -> list[dict]:
+    budget = budgets(study, space)
+    total = sum(budget.values()) * len(study.pairs)
+    if not total:
+        return []
+    return trial_rows(run_phase(study, phase, lambda: searcher_for(study, space, optuna_storage(study), fixed), total,
+                                teacher_dirs, [callback, progress.ProgressCallback(phase, {
+                                    f"{t}->{s}|{m}": n for t, s in study.pairs for m, n in budget.items()})],
+                                max_concurrent, signals))
+
+
 def race(study: Study, rows: list[dict], quality: dict, teacher_dirs: dict[str, Path], callback, tracker,
          max_concurrent: int, signals: Signals) -> list[dict]:
     """Racing: while a pair's pick is undecided on validation, its leader and the methods tied with it get
@@ -239,13 +265,8 @@ def run_study(study: Study, address: str | None = None, say: Callable[[str], Non
         check_teachers(study, quality)
         callback = tracking.MlflowCallback(study, parent)
 
-        budget = budgets(study, space)
-        total = sum(budget.values()) * len(study.pairs)
         tracker.phase("search")
-        rows = trial_rows(run_phase(study, "search", lambda: searcher_for(study, space, optuna_storage(study)), total, teacher_dirs,
-                                    [callback, progress.ProgressCallback("search", {
-                                        f"{t}->{s}|{m}": n for t, s in study.pairs for m, n in budget.items()})],
-                                    max_concurrent, signals))
+        rows = search(study, space, teacher_dirs, callback, max_concurrent, signals)
         for line in teacher_vs_scratch(study, quality, rows):
             say(line)
         points = confirmation_points(study, rows, quality)

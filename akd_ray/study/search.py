@@ -9,7 +9,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from akd_ray.capacity import COST
-from akd_ray.config import Study
+from akd_ray.config import RECIPE_KNOBS, Study
 from akd_ray.preflight import budgets
 from akd_ray.space import Space, define_by_run
 from akd_ray.study.layout import METRIC, MODE, optuna_study_name
@@ -27,10 +27,13 @@ class PairedSearch(Resumable):
 
     objectives, directions = METRIC, MODE  # of each group's OptunaSearch (FamilySearch: two of each)
 
-    def __init__(self, study: Study, space: Space, storage: str | None = None):
+    def __init__(self, study: Study, space: Space, storage: str | None = None,
+                 fixed: dict[tuple[str, str], dict] | None = None):
         """`storage`: an Optuna RDB URL for the groups' studies (optuna-dashboard reads it); None keeps
-        them in memory. A fresh search replaces studies of the same names left by an earlier run."""
+        them in memory. A fresh search replaces studies of the same names left by an earlier run.
+        `fixed`: per (teacher, student), values every trial of that pair trains with (the shared recipe)."""
         super().__init__(metric=METRIC, mode=MODE)
+        self.fixed = fixed or {}
         budget = budgets(study, space)
         rdb = optuna.storages.RDBStorage(storage) if storage else None
         self.groups: dict[tuple[str, str, str], OptunaSearch] = {}
@@ -70,7 +73,8 @@ class PairedSearch(Resumable):
         self.owner[trial_id] = key
         self.params_of[trial_id] = params
         teacher, student, method = key
-        return {"teacher": teacher, "student": student, "method": method, "phase": "search", **params}
+        return {"teacher": teacher, "student": student, "method": method, "phase": "search",
+                **self.fixed.get((teacher, student), {}), **params}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.owner:
@@ -119,8 +123,45 @@ class FamilySearch(PairedSearch):
     objectives, directions = [METRIC, COST], [MODE, "min"]
 
 
-def searcher_for(study: Study, space: Space, storage: str | None = None) -> PairedSearch:
-    return (FamilySearch if study.family is not None else PairedSearch)(study, space, storage)
+def searcher_for(study: Study, space: Space, storage: str | None = None,
+                 fixed: dict[tuple[str, str], dict] | None = None) -> PairedSearch:
+    return (FamilySearch if study.family is not None else PairedSearch)(study, space, storage, fixed)
+
+
+# ---------------------------------------------------------------------------------------- the shared recipe
+def shared_knobs(study: Study, space: Space) -> tuple[str, ...]:
+    """The recipe knobs tuned once per pair on scratch's budget (`search.shared`; by default every
+    RECIPE_KNOBS the space searches for scratch); none without scratch or with a student family."""
+    if "scratch" not in study.search.methods or study.family is not None:
+        return ()
+    wanted = RECIPE_KNOBS if study.search.shared is None else study.search.shared
+    return tuple(k for k in wanted if k in space.for_method("scratch"))
+
+
+def recipe_phases(study: Study, space: Space) -> tuple[tuple[Study, Space], tuple[Study, Space]] | None:
+    """The two searches of a shared recipe: scratch alone over the full space (the recipe), then every
+    other method over its own knobs, with the shared ones left out of its space. None: no shared recipe."""
+    shared = shared_knobs(study, space)
+    if not shared:
+        return None
+    search = study.search
+    first = study.model_copy(update={"search": search.model_copy(update={"trials": {"scratch": search.trials["scratch"]}})})
+    rest = {m: n for m, n in search.trials.items() if m != "scratch"}
+    second = study.model_copy(update={"search": search.model_copy(update={"trials": rest})})
+    own = Space.model_construct(params={n: p if n not in shared else p.model_copy(update={"methods": ("scratch",)})
+                                        for n, p in space.params.items()}, source=space.source)
+    return (first, space), (second, own)
+
+
+def recipe_of(rows: list[dict], shared: tuple[str, ...]) -> dict[tuple[str, str], dict]:
+    """Per pair, the shared knobs' values of scratch's best finished search trial (by validation)."""
+    best: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        if r["method"] == "scratch" and r["phase"] == "search" and r.get("finished"):
+            key = (r["teacher"], r["student"])
+            if key not in best or r[METRIC] > best[key][METRIC]:
+                best[key] = r
+    return {k: {n: r["params"][n] for n in shared if n in r["params"]} for k, r in best.items()}
 
 
 class Points(Resumable):

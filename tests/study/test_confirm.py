@@ -57,3 +57,32 @@ def test_a_teacher_below_the_scratch_student_is_named_while_the_study_runs():
     assert line == (f"teacher {teacher}: validation accuracy 58.8 is not above the scratch student {student}'s "
                     f"62.2: distillation from it is not expected to help")
     assert teacher_vs_scratch(study, {teacher: {"metric": "accuracy", "val": 0.9}}, rows) == []
+
+
+def test_a_shared_recipe_is_tuned_by_scratch_then_fixed_for_every_other_method():
+    """search.shared at its default: the quickstart's lr is searched by scratch alone (search-recipe),
+    then KD and Annealing-KD search only their own knobs and train with scratch's best lr for the pair."""
+    from akd_ray.space import load_space
+    from akd_ray.study.search import PairedSearch, recipe_of, recipe_phases, shared_knobs
+
+    root = Path(__file__).resolve().parents[2]
+    study = load_study(root / "studies" / "quickstart.yaml")
+    space = load_space(study.search.space)
+    assert shared_knobs(study, space) == ("lr",)
+    (first, full), (second, own) = recipe_phases(study, space)
+    assert first.search.methods == ("scratch",) and "lr" in full.for_method("scratch")
+    assert "scratch" not in second.search.methods and "lr" not in own.for_method("kd")
+    assert set(own.for_method("kd")) == {"alpha", "kd_temperature"}
+    teacher, student = study.pairs[0]
+    rows = [{"teacher": teacher, "student": student, "method": "scratch", "phase": "search", "finished": True,
+             "val_best": v, "params": {"lr": lr}} for v, lr in ((0.90, 0.004), (0.95, 0.0106))]
+    fixed = recipe_of(rows, ("lr",))
+    assert fixed == {(teacher, student): {"lr": 0.0106}}
+    searcher = PairedSearch(second, own, fixed=fixed)
+    configs = [searcher.suggest(f"t{i}") for i in range(2 * len(second.search.methods) * len(study.pairs))]
+    mine = [c for c in configs if (c["teacher"], c["student"]) == (teacher, student)]
+    assert {c["method"] for c in mine} == {"kd", "annealing"} and all(c["lr"] == 0.0106 for c in mine)
+    assert all("lr" not in searcher.groups[(teacher, student, c["method"])]._ot_study.trials[-1].params
+               for c in mine)  # Optuna never searched it
+    assert shared_knobs(study.model_copy(update={"search": study.search.model_copy(update={"shared": ()})}),
+                        space) == ()  # per-method tuning stays possible
