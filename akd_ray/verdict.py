@@ -86,6 +86,8 @@ class Verdict:
     levels: dict[str, float] = field(default_factory=dict)  # each test interval's confidence level (Holm)
     tied: list[str] = field(default_factory=list)  # methods that cannot be told from the best on validation
     size: dict[str, Any] = field(default_factory=dict)  # a family study: the student size every method ran at
+    tau: dict[float, list[float]] = field(default_factory=dict)  # an Annealing-family pick: tau_max -> val by seed
+    tau_same: list[float] = field(default_factory=list)  # the tau_max values that cannot be told from the pick's
     seeds_text: str = ""  # each method's seeds, why confirmation stopped, the seeds that would tell
     stop: str = ""  # why confirmation stopped: "decided" / "cap" (search.confirm_seeds_max reached) / ""
     seeds_needed: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
@@ -340,7 +342,42 @@ def judge(study: Study, teacher: str, student: str, rows: list[dict],
         verdict.stop = "decided" if len(verdict.tied) == 1 else "cap" if fewest >= looks[-1] else ""
     verdict.text = text + _test_line(verdict)
     verdict.seeds_text = _seeds_line(study, verdict)
+    verdict.tau, verdict.tau_same = tau_range(mine, confirmed[best], alpha)
+    if len(verdict.tau) > 1:
+        verdict.seeds_text += "; " + _tau_text(confirmed[best].config["tau_max"], verdict.tau_same, verdict.tau)
     return _notes(study, verdict, quality, lead=True)
+
+
+TAU_PHASE = "tau"  # the rows of an Annealing-family pick's neighbouring tau_max values, on its seeds
+
+
+def tau_range(rows: list[dict], pick: MethodResult, alpha: float) -> tuple[dict[float, list[float]], list[float]]:
+    """An Annealing-family pick's tau_max against its neighbours, run on the pick's seeds (phase "tau"):
+    per tau_max the validation metric by seed, and the tau_max values whose paired t-test against the
+    pick's (on their common seeds, Holm over the neighbours) is not significant at `alpha`: the values a
+    reader cannot tell apart from the pick on validation. Empty without such rows."""
+    tau = pick.config.get("tau_max")
+    mine = [r for r in rows if r["phase"] == TAU_PHASE and r["method"] == pick.method and r.get("finished")]
+    if tau is None or not mine:
+        return {}, []
+    by_tau: dict[float, dict[int, float]] = {tau: {s: r["val_best"] for s, r in pick.seeds.items()}}
+    for r in mine:
+        by_tau.setdefault(r["params"]["tau_max"], {})[r["seed"]] = r["val_best"]
+    others = [t for t in by_tau if t != tau]
+    tests = []
+    for t in others:
+        common = sorted(set(by_tau[tau]) & set(by_tau[t]))
+        tests.append(stats.paired_interval([by_tau[tau][s] for s in common], [by_tau[t][s] for s in common]))
+    worse = stats.holm([d.pvalue for d in tests], alpha).reject if tests else []
+    same = sorted([tau] + [t for t, w, d in zip(others, worse, tests) if not (w and d.estimate > 0)])
+    return {t: list(v.values()) for t, v in sorted(by_tau.items())}, same
+
+
+def _tau_text(tau: float, same: list[float], curve: dict[float, list[float]]) -> str:
+    tried = ", ".join(f"{t:g}" for t in curve)
+    if len(same) == 1:
+        return f"τ_max {tau:g} (ahead of its neighbours on validation; tried {tried})"
+    return f"τ_max {tau:g} ({min(same):g}–{max(same):g} cannot be told apart on validation; tried {tried})"
 
 
 def planned_looks(study: Study) -> list[int]:

@@ -212,6 +212,30 @@ def race(study: Study, rows: list[dict], quality: dict, teacher_dirs: dict[str, 
     return new
 
 
+def tau_points(study: Study, space, verdicts: list) -> list[dict]:
+    """For each pair whose pick is an Annealing-family method: its config at the neighbouring tau_max
+    values (the pick ± one step of an int space, within its bounds) on the pick's own seeds, so the
+    verdict can say which temperatures cannot be told apart (verdict.tau_range)."""
+    from akd_ray.config import base_method
+    from akd_ray.verdict import TAU_PHASE
+
+    p = space.params.get("tau_max")
+    if p is None or p.type != "int":
+        return []
+    points = []
+    for v in verdicts:
+        if not v.best or base_method(v.best) not in ("annealing", "prokd") or not v.methods[v.best].seeds:
+            continue
+        r = v.methods[v.best]
+        params = next(iter(r.seeds.values()))["params"]
+        tau, step = params.get("tau_max"), int(p.step or 1)
+        for t in ([] if tau is None else (tau - step, tau + step)):
+            if p.low <= t <= p.high:
+                points += [{"teacher": v.teacher, "student": v.student, "method": v.best, "phase": TAU_PHASE,
+                            "seed": s, **params, "tau_max": t} for s in sorted(r.seeds)]
+    return points
+
+
 @dataclass
 class StudyResult:
     rows: list[dict]
@@ -276,6 +300,13 @@ def run_study(study: Study, address: str | None = None, say: Callable[[str], Non
                                          [callback, progress.ProgressCallback("confirm", progress.budgets_of(points))],
                                          max_concurrent, signals))
             rows += race(study, rows, quality, teacher_dirs, callback, tracker, max_concurrent, signals)
+            taus = tau_points(study, space, reports.verdicts(study, rows, quality))
+            if taus:
+                tracker.phase("confirm-tau")
+                rows += trial_rows(run_phase(study, "confirm-tau", lambda: Points(taus), len(taus), teacher_dirs,
+                                             [callback, progress.ProgressCallback("confirm-tau",
+                                                                                  progress.budgets_of(taus))],
+                                             max_concurrent, signals))
         signals.stage = "the report (every trial had finished)"
         tracker.phase("report")
         files = reports.write_report(study, rows, layout.report, quality)  # local first: never lost to MLflow
