@@ -112,7 +112,7 @@ def markdown(study: Study, table: list[Verdict], quality: dict[str, dict]) -> st
                   f"**{v.text}**", ""]
         if v.best:
             lines += [f"Recommended: {NAMES[v.best]} with {_config_text(v.methods[v.best].config)}", ""]
-        lines += [f"| method | config | val {metric} | test {metric} | test 95% CI | seeds finished/run | "
+        lines += [f"| method | config | val {metric} | test {metric} (mean ± seed SD) | test 95% CI | seeds finished/run | "
                   f"recommended − this on test (CI, Holm p) | budget | search trials | stopped early | failed |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for m, r in v.methods.items():
@@ -214,6 +214,41 @@ def budget_plots(study: Study, records: list[dict], folder: Path) -> list[Path]:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
         files.append(_save(fig, folder / f"budget_{teacher}_{student}.png"))
+    return files
+
+
+def tau_plots(study: Study, table: list[Verdict], folder: Path) -> list[Path]:
+    """One plot per pair whose Annealing-family pick ran its neighbouring tau_max values: validation
+    metric vs tau_max, the mean over seeds with a band of ± one seed SD, every seed as a dot, the pick
+    starred and the values that cannot be told from it shaded."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    files = []
+    for v in table:
+        if len(v.tau) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        taus = list(v.tau)
+        mean = np.array([100 * np.mean(v.tau[t]) for t in taus])
+        sd = np.array([100 * np.std(v.tau[t], ddof=1) if len(v.tau[t]) > 1 else 0.0 for t in taus])
+        ax.fill_between(taus, mean - sd, mean + sd, alpha=0.2, label="± 1 seed SD")
+        ax.plot(taus, mean, "o-", label="mean over seeds")
+        for t in taus:
+            ax.plot([t] * len(v.tau[t]), [100 * x for x in v.tau[t]], ".", color="grey", alpha=0.6)
+        pick = v.methods[v.best].config["tau_max"]
+        ax.plot([pick], [100 * np.mean(v.tau[pick])], "*", markersize=14, color="C3", label=f"pick: τ_max {pick:g}")
+        if len(v.tau_same) > 1:
+            ax.axvspan(min(v.tau_same) - 0.1, max(v.tau_same) + 0.1, color="C2", alpha=0.1,
+                       label="cannot be told apart")
+        ax.set(xlabel="τ_max", ylabel=f"validation {_metric_name(study)} (points)",
+               title=f"{v.student} ← {v.teacher}: {NAMES[v.best]} by τ_max")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=7)
+        files.append(_save(fig, folder / f"tau_range_{v.teacher}_{v.student}.png"))
     return files
 
 
@@ -329,7 +364,7 @@ def write_report(study: Study, rows: list[dict], folder: Path, teachers: dict[st
     budget = budget_rows(study, rows)
     files.append(_write_csv(folder / BUDGET_FILE, budget))
     text = summary(study, table, quality)
-    files += plots(study, rows, table, folder) + budget_plots(study, budget, folder)
+    files += plots(study, rows, table, folder) + budget_plots(study, budget, folder) + tau_plots(study, table, folder)
     if study.family is not None:
         from akd_ray import capacity
 

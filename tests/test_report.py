@@ -351,3 +351,28 @@ def test_the_verdict_says_which_training_recipe_the_methods_used(study):
     assert "each method tuned its own training recipe (lr: scratch 0.006, KD 0.004, Annealing-KD 0.005)" in v.text
     shared = [{**r, "params": {**r["params"], "lr": 0.006}} for r in rows_for("small", AHEAD)]
     assert "one training recipe for every method (lr 0.006)" in judge(study, "big", "small", shared).text
+
+
+def test_an_annealing_pick_names_its_tau_max_range_and_plots_it(study, tmp_path):
+    """Annealing-KD picked at tau_max 4; its neighbours ran on the same seeds (phase "tau"): 3 cannot be
+    told from 4, 5 is worse in every seed. The verdict names 3–4 and the report plots validation vs tau_max."""
+    from akd_ray.study.run import tau_points
+    from akd_ray.space import Space
+
+    rows = rows_for("small", AHEAD)
+    for tau, shift in ((3, [0.002, -0.003, 0.001, -0.001]), (5, [-0.03, -0.032, -0.029, -0.031])):
+        rows += [{"teacher": "big", "student": "small", "method": "annealing", "phase": "tau", "seed": i + 1,
+                  "params": {**PARAMS["annealing"], "tau_max": tau}, "finished": True,
+                  "val_best": v + d, "test_metric": v + d} for i, (v, d) in enumerate(zip(AHEAD["annealing"], shift))]
+    v = judge(study, "big", "small", rows)
+    assert v.best == "annealing" and v.tau_same == [3, 4] and sorted(v.tau) == [3, 4, 5]
+    assert "τ_max 4 (3–4 cannot be told apart on validation; tried 3, 4, 5)" in v.text
+    assert v.methods["annealing"].mean == pytest.approx(np.mean(AHEAD["annealing"]))  # neighbours never join the pick
+    files = write_report(study, rows, tmp_path / "report")
+    assert tmp_path / "report" / "tau_range_big_small.png" in files
+    assert "τ_max 4 (3–4" in (tmp_path / "report" / "summary.txt").read_text()
+    # the points: the pick's config at tau_max ± 1 within the space, on the pick's seeds
+    space = Space.model_validate({"params": SPACE["params"]})
+    points = tau_points(study, space, [judge(study, "big", "small", rows_for("small", AHEAD))])
+    assert sorted({p["tau_max"] for p in points}) == [3, 5] and {p["phase"] for p in points} == {"tau"}
+    assert sorted(p["seed"] for p in points if p["tau_max"] == 3) == [1, 2, 3, 4]

@@ -163,8 +163,8 @@ def pair_note(v, model: str | None = None) -> str:
     lines = [head, "", v.text + ("" if v.decided else
                                  " *(not decided: chosen on validation, the pick is not ahead of every other "
                                  "method beyond noise, or a run is missing)*"), "",
-             "| method | config | test mean ± 95% CI (points) | seeds finished/run | pick − this on test "
-             "(bootstrap, Holm) |", "|---|---|---|---|---|"]
+             "| method | config | test mean ± seed SD [95% CI] (points) | seeds finished/run | pick − this on test "
+             "(seeds × test examples, Holm) |", "|---|---|---|---|---|"]
     for m, r in v.methods.items():
         config = ", ".join(f"{k} {val:.3g}" if isinstance(val, float) else f"{k} {val}" for k, val in r.config.items())
         d = (0.0, 0.0, 0.0) if m == v.best else v.differences.get(m)
@@ -180,7 +180,8 @@ def pair_note(v, model: str | None = None) -> str:
 def _points(r) -> str:
     if r.n < 2 or r.low != r.low:
         return f"{100 * r.mean:.2f} (1 run)" if r.n == 1 else f"{100 * r.mean:.2f}"
-    return f"{100 * r.mean:.2f} ± {100 * (r.high - r.mean):.2f}"
+    # "±" is the seed standard deviation everywhere akd-ray prints it; the interval comes in brackets
+    return f"{100 * r.mean:.2f} ± {100 * r.std:.2f} [{100 * r.low:.2f}…{100 * r.high:.2f}]"
 
 
 def _signed(x: float) -> str:
