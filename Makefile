@@ -7,7 +7,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: install test test-fast quickstart bench gpu-check gpu-carry
+.PHONY: install test test-fast quickstart bench calibration gpu-check gpu-carry
 install: $(VENV)/.installed
 
 test: install            ## every test, slow integration tests included (what CI runs)
@@ -23,6 +23,10 @@ SIZE ?= cpu
 bench: install           ## one trial's cost vs the naive loop, and Ray's per-trial overhead (SIZE=gpu on an H100/H200)
 	$(PY) bench/bench.py --size $(SIZE) --out akd-results/bench/bench-$(SIZE).json
 	$(PY) bench/ray_overhead.py --out akd-results/bench/ray-overhead.json
+
+STUDY_DIR ?= akd-results/quickstart
+calibration: install     ## the verdict's measured coverage and error rates, simulated from a finished study's predictions (run make quickstart first)
+	$(PY) bench/calibration.py $(STUDY_DIR) --out akd-results/bench/calibration.json
 
 # On a GPU machine there is no venv and no internet: PYTHON is its python3 with the carried wheels on
 # PYTHONPATH (see README "Speed"). DEVICE=cpu: the same steps shrunk onto the CPU (what CI runs).
