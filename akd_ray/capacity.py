@@ -26,8 +26,8 @@ from typing import Any
 from scipy import stats  # the t quantile of the trend plot's band
 
 from akd_ray.config import Study
-from akd_ray.stats import LEVEL, mean_interval, slope_interval
-from akd_ray.verdict import NAMES
+from akd_ray.stats import LEVEL, bounded, mean_interval, slope_interval
+from akd_ray.verdict import NAMES, _metric_name
 
 COST = "student_cost"  # a family trial's second objective (study.fit): parameters, or latency in ms
 MIN_SEEDS = 3
@@ -90,6 +90,7 @@ def within_picks(study: Study, rows: list[dict], quality: dict[str, dict]) -> li
                            and r["teacher"] == teacher and r["method"] == trial["method"]
                            and r["params"] == trial["params"]]
             pick.mean, _, pick.low, pick.high = mean_interval(pick.values)
+            pick.low, pick.high = bounded(pick.low, pick.high, _metric_name(study))  # never past 100
             bar = q["test"] - x / 100
             if not pick.values:
                 pick.text = "not confirmed over seeds (search.confirm_seeds: 0): cannot tell"

@@ -73,7 +73,7 @@ def teachers_md(quality: dict[str, dict]) -> list[str]:
 def summary(study: Study, table: list[Verdict], quality: dict[str, dict]) -> str:
     """The short answer, for the terminal: one line per teacher, two per pair. "use X" only when decided."""
     lines = [f"{study.name}: verdict per teacher-student pair (chosen on validation {_metric_name(study)}, "
-             f"test reported; {study.search.confirm_seeds} confirmation seeds; {_budgets(study)})"]
+             f"test reported; {_seeds(study)}; {_budgets(study)})"]
     lines += [line.removeprefix("- ").replace("**", "") for line in teachers_md(quality)]
     for v in table:
         best = v.methods.get(v.best) if v.best else None
@@ -146,6 +146,12 @@ def csv_rows(study: Study, table: list[Verdict], quality: dict[str, dict]) -> li
                         f"best_minus_{m}_p_holm": d.pvalue if d else nan, f"best_minus_{m}_test": d.test if d else ""})
         out.append(row)
     return out
+
+
+def _seeds(study: Study) -> str:
+    first, cap = study.search.confirm_seeds, study.search.confirm_seeds_max
+    return (f"{first} confirmation seeds, racing up to {cap} while undecided" if cap > first and first >= MIN_SEEDS
+            else f"{first} confirmation seeds")
 
 
 def _budgets(study: Study) -> str:
