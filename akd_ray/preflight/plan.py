@@ -36,6 +36,15 @@ class Plan:
     def concurrency(self) -> int | None:
         return None if self.capacity is None else concurrency(self.study, *self.capacity)
 
+    def _racing(self) -> str:
+        """Racing's worst case: every pair undecided, every method tied, up to confirm_seeds_max."""
+        s = self.study.search
+        if not s.confirm_seeds_max > s.confirm_seeds >= 3:
+            return ""
+        more = len(self.study.pairs) * len(s.methods) * (s.confirm_seeds_max - s.confirm_seeds)
+        return (f"; racing: an undecided pair's tied methods get more seeds, up to {s.confirm_seeds_max} "
+                f"(at most {more} more runs)")
+
     def lines(self) -> list[str]:
         s, r = self.study, self.study.resources
         budgets = " + ".join(f"{m} {self.budgets[m]}" for m in s.search.methods)
@@ -55,7 +64,7 @@ class Plan:
             f"search     {len(s.pairs)} pair(s) x ({budgets}) = {self.search_trials} trials, {epochs}, "
             f"{len(self.space.params)} searched parameter(s) from {s.search.space}",
             f"confirm    up to {self.confirm_runs} runs: {s.search.confirm_seeds} seed(s) x "
-            f"{len(s.search.methods)} method(s) x {len(s.pairs)} pair(s)",
+            f"{len(s.search.methods)} method(s) x {len(s.pairs)} pair(s)" + self._racing(),
             f"resources  {per_trial}",
             f"storage    {Path(s.storage) / s.name}",
             f"MLflow     {self.tracking_uri}",
