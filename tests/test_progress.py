@@ -129,7 +129,9 @@ def test_quickstart_without_a_terminal_prints_one_line_per_trial_and_the_table(t
     lines = out.splitlines()
     assert len(lines) <= 60, out
     assert not ANSI.search(out), "control codes in plain output"
-    assert len([line for line in lines if line.startswith("[search ")]) == 4
+    # search.shared: scratch tunes the recipe first (search-recipe), then KD and Annealing-KD their own knobs
+    assert len([line for line in lines if line.startswith("[search-recipe ")]) == 1
+    assert len([line for line in lines if line.startswith("[search ")]) == 3
     assert len([line for line in lines if line.startswith("[confirm ")]) == 3  # annealing, kd, scratch x 1 seed
     assert lines[0].endswith(f"4 search trials + up to 3 confirmation runs; results in {tmp_path / 'quickstart'}")
     assert "quickstart: verdict per teacher-student pair" in out  # the final table
@@ -138,7 +140,8 @@ def test_quickstart_without_a_terminal_prints_one_line_per_trial_and_the_table(t
     assert "Trial status:" not in out
     status = json.loads((tmp_path / "quickstart" / "status.json").read_text())
     assert status["state"] == "done"
-    assert status["phases"]["search"]["ended"] == 4 and status["phases"]["confirm"]["ended"] == 3
+    assert status["phases"]["search-recipe"]["ended"] == 1 and status["phases"]["search"]["ended"] == 3
+    assert status["phases"]["confirm"]["ended"] == 3
 
 
 @pytest.mark.slow
