@@ -385,7 +385,7 @@ def test_report_and_teacher_fingerprints_land_on_the_study_run(mlflow_server, tm
                                                                       "majority_val": 0.1}})
     verdict = SimpleNamespace(teacher="mlp-64", student="mlp-4", best="scratch", text="scratch is best",
                               decided=True, methods={"scratch": SimpleNamespace(
-                                  mean=0.9, low=0.88, high=0.92, n=3, config={"lr": 0.01})})
+                                  mean=0.9, std=0.02, low=0.86, high=0.94, n=3, config={"lr": 0.01})})
     tracking.log_report(parent, [tmp_path / "results.csv", tmp_path / "pairs.md"], [verdict])
     client = MlflowClient(mlflow_server.uri)
     run = client.get_run(parent)
@@ -397,7 +397,7 @@ def test_report_and_teacher_fingerprints_land_on_the_study_run(mlflow_server, tm
     assert {a.path for a in client.list_artifacts(parent, "report")} == {"report/results.csv", "report/pairs.md"}
 
     assert run.data.tags["mlflow.note.content"].startswith(  # the answer before any detail
-        "- **mlp-4 ← mlp-64**: scratch, 90.00 ± 2.00 points. scratch is best")
+        "- **mlp-4 ← mlp-64**: scratch, 90.00 ± 2.00 [86.00…94.00] points. scratch is best")  # ± : the seed SD
 
 
 # ---------------------------------------------------------------------------------------- the answer at a glance
@@ -464,7 +464,7 @@ def test_pair_runs_and_the_registry_read_at_a_glance(tmp_path, student_dir, digi
         note = run.data.tags["mlflow.note.content"]
         verb = "use" if v.decided else "no method clearly better; recommended"  # "use" only when decided
         assert note.startswith(f"**{v.student} ← {v.teacher}: {verb} {report.describe(v.best, best.config)}**")
-        assert v.text in note and "| method | config | test mean ± 95% CI (points)" in note
+        assert v.text in note and "| method | config | test mean ± seed SD [95% CI] (points)" in note
         assert all(report.NAMES[m] in note for m in v.methods)
         name = tracking.model_name("glance", v.teacher, v.student)
         assert run.data.tags["registered_model"] == f"models:/{name}/1"
