@@ -369,7 +369,7 @@ def tau_range(rows: list[dict], pick: MethodResult, alpha: float) -> tuple[dict[
         common = sorted(set(by_tau[tau]) & set(by_tau[t]))
         tests.append(stats.paired_interval([by_tau[tau][s] for s in common], [by_tau[t][s] for s in common]))
     worse = stats.holm([d.pvalue for d in tests], alpha).reject if tests else []
-    same = sorted([tau] + [t for t, w, d in zip(others, worse, tests) if not (w and d.estimate > 0)])
+    same = sorted([tau] + [t for t, w in zip(others, worse) if not w])
     return {t: list(v.values()) for t, v in sorted(by_tau.items())}, same
 
 
