@@ -26,11 +26,13 @@ ROWS_FILE = "trials.json"
 TEACHERS_FILE = "teachers.json"
 BUDGET_FILE = "budget.csv"
 METHOD_LINE = (f"The recommended method is chosen on validation: the best validation mean over the confirmation "
-               f"seeds, unless a {SELECTION} (Holm-corrected over the best-vs-each comparisons) cannot tell it "
-               f"from another method -- then the cheapest of the tied ones (scratch, then KD, then the others). "
-               f"Test is only reported: each method's 95% t-interval of the mean, and the recommended method minus "
-               f"each other one by a {TEST} (10,000 resamples; a paired t-interval over seeds where a run saved no "
-               f"predictions), Holm-corrected, each interval at its Holm level.")
+               f"seeds every method finished, unless a {SELECTION} (Holm-corrected over the best-vs-each "
+               f"comparisons, at 0.05 / the planned racing looks) cannot tell it from another method -- then the "
+               f"cheapest of the tied ones (scratch, then KD, then the others); while undecided, the tied methods "
+               f"get more seeds up to search.confirm_seeds_max. Test is only reported: each method's mean ± seed SD "
+               f"(\"±\" is always the seed SD) with its 95% interval, and the recommended method minus each other "
+               f"one by a {TEST} (a paired t-interval over seeds where a run saved no predictions), "
+               f"Holm-corrected, each interval at its Holm level and within the metric's range.")
 
 
 # ---------------------------------------------------------------------------------------- files

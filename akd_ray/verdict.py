@@ -36,8 +36,8 @@ NAMES = {"scratch": "scratch", "kd": "KD", "takd": "TAKD", "annealing": "Anneali
 CHEAPEST_FIRST = ("scratch", "kd", "annealing", "takd", "prokd", "layers", "kd+layers", "annealing+layers",
                   "minimax", "kd+minimax", "annealing+minimax")
 STUDENT = "student."
-SELECTION = "paired t-test on validation by seed"
-TEST = "paired bootstrap over seeds and test examples"
+SELECTION = "t-test on validation by seed and validation example (stats.crossed_interval)"
+TEST = "seeds × test-examples t-interval (stats.crossed_interval)"
 
 
 @dataclass

@@ -231,7 +231,7 @@ def test_the_files_the_budget_curves_and_the_summary_wording(study, tmp_path):
                                        "budget.csv", "budget_big_small.png", "budget_big_tiny.png"}
     md = (tmp_path / "report/pairs.md").read_text()
     assert "no trial finished for this pair" in md and "majority class val 10.00" in md
-    assert "paired bootstrap over seeds and test examples" in md and "Holm" in md and "4/4" in md
+    assert "seeds × test-examples t-interval" in md and "\"±\" is always the seed SD" in md and "Holm" in md and "4/4" in md
     with open(tmp_path / "report/pairs.csv") as f:
         table = {r["student"]: r for r in csv.DictReader(f)}
     assert table["small"]["recommended"] == "annealing" and table["tiny"]["recommended"] == ""
