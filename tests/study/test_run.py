@@ -69,11 +69,9 @@ def test_tune_searches_every_pair_confirms_tracks_and_resumes(tmp_path, mlflow_s
     annealing = [r["params"] for r in search if r["method"] == "annealing"]
     assert all(p["tau_max"] in (2, 3) and 5e-3 <= p["lr"] <= 2e-2 for p in annealing)
     assert all(("decay" in p) == (p["schedule"] == "exp") for p in annealing)
-    for student in ("mlp-8", "mlp-4"):  # across pairs a warm start may repeat a point; within one, never
-        mine = [json.dumps(r["params"], sort_keys=True) for r in search
-                if (r["student"], r["method"]) == (student, "annealing")]
-        assert len(set(mine)) == len(mine)
-        # search.shared at its default: scratch tuned the pair's lr; every other method trained with it
+    for student in ("mlp-8", "mlp-4"):
+        # search.shared at its default: scratch tuned the pair's lr; every other method trained with it (and
+        # searched only its own knobs: here 6 discrete points, which TPE may draw twice)
         scratch = max((r for r in search if (r["student"], r["method"]) == (student, "scratch")),
                       key=lambda r: r["val_best"])
         assert {r["params"]["lr"] for r in search + confirm if r["student"] == student
