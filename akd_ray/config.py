@@ -162,7 +162,7 @@ class TrainSpec(Frozen):
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
     lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"
     warmup_fraction: float = Field(0.0, ge=0, lt=1)
-    beta: float = Field(1.0, ge=0, description="layers: weight of the intermediate-layer MSE")
+    beta: float = Field(1.0, ge=0, description="layers: weight of the layer term (2 - 2cos per pair, PKD)")
     layer_map: Literal[LAYER_MAPS] = Field(  # type: ignore[valid-type]
         "uniform", description="layers: which teacher layer each student layer matches (uniform, last, random)")
     minimax_eps: float = Field(0.1, gt=0, description="minimax: radius of the perturbation (L-inf on pixels and "
