@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from akd_ray.config import TaskSpec
-from akd_ray.tasks.base import Augment, Split, TaskData
+from akd_ray.tasks.base import Augment, Split, TaskData, label_budget
+
+
+# Which rows keep their labels under `task.labelled_samples`: fixed, so every trial, seed and teacher
+# sees the same labelled rows.
+LABEL_SEED = 0
 
 
 def load_task(spec: TaskSpec, tokenizer_path: str | None = None, cache_dir: Path | None = None) -> TaskData:
     """Load the data of `spec`. GLUE needs the tokenizer of the model that reads it, and keeps its
     tokenized splits under `cache_dir` (the study's cache) when one is given; a CIFAR ImageFolder
-    keeps its decoded images there."""
+    keeps its decoded images there. With `spec.labelled_samples`, only that many training rows stay
+    labelled for the student (`label_budget`, drawn after the validation split)."""
+    task = _load(spec, tokenizer_path, cache_dir)
+    if spec.labelled_samples is None:
+        return task
+    return dataclasses.replace(task, train=label_budget(task.train, spec.labelled_samples, LABEL_SEED))
+
+
+def _load(spec: TaskSpec, tokenizer_path: str | None, cache_dir: Path | None) -> TaskData:
     if spec.name == "digits":
         from akd_ray.tasks.digits import load_digits_task
         return load_digits_task(spec)
