@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import torch
+
 from akd_ray.config import TaskSpec
-from akd_ray.tasks.base import Augment, Split, TaskData, label_budget
+from akd_ray.tasks.base import Augment, Split, TaskData, label_budget, split_off, take
 
 
 # Which rows keep their labels under `task.labelled_samples`: fixed, so every trial, seed and teacher
@@ -40,4 +42,23 @@ def _load(spec: TaskSpec, tokenizer_path: str | None, cache_dir: Path | None) ->
     raise ValueError(f"unknown task {spec.name!r}")
 
 
-__all__ = ["Augment", "Split", "TaskData", "load_task"]
+def train_labels(spec: TaskSpec) -> torch.Tensor | None:
+    """The labels of the student's training rows before any labelled budget (after the validation
+    split and max_train_samples), read without decoding or tokenizing anything; None where the data
+    is not here yet (a download)."""
+    spec = spec.model_copy(update={"labelled_samples": None, "unlabelled": None})
+    if spec.name == "digits":
+        from akd_ray.tasks.digits import load_digits_task
+        return load_digits_task(spec).train.labels
+    if spec.data_dir is None:
+        return None
+    if spec.is_glue:
+        from akd_ray.tasks.glue import read_glue_dir, train_rows
+        return train_rows(read_glue_dir(spec.data_dir, spec.name.removeprefix("glue/"))["train"], spec)[0].labels
+    from akd_ray.tasks.cifar import VAL_SEED, SAMPLE_SEED, list_image_folder
+    labels = torch.tensor(list_image_folder(Path(spec.data_dir).expanduser() / "train")[2])
+    train, _ = split_off(Split({"row": torch.arange(len(labels))}, labels), spec.val_fraction, seed=VAL_SEED)
+    return take(train, spec.max_train_samples, seed=SAMPLE_SEED).labels
+
+
+__all__ = ["Augment", "Split", "TaskData", "load_task", "train_labels"]

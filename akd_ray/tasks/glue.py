@@ -306,6 +306,12 @@ def load_glue_task(spec: TaskSpec, tokenizer_path: str, cache_dir: Path | None =
     )
 
 
+def train_rows(raw: RawSplit, spec: TaskSpec) -> tuple[Split, Split]:
+    """Which rows of GLUE's train set are the student's train and val: (train, val) as row numbers."""
+    train, val = split_off(Split({"row": torch.arange(len(raw))}, raw.labels), spec.val_fraction, seed=SPLIT_SEED)
+    return take(train, spec.max_train_samples, seed=SPLIT_SEED), val
+
+
 def _tokenized_splits(spec: TaskSpec, tokenizer_path: str) -> dict[str, dict]:
     """Read the data, choose the rows, tokenize them: {split: {"features": ..., "labels": ...}}."""
     from transformers import AutoTokenizer
@@ -326,8 +332,7 @@ def _tokenized_splits(spec: TaskSpec, tokenizer_path: str) -> dict[str, dict]:
         return {"features": _tokenize(tokenizer, raw[name], chosen.features["row"], spec.max_seq_length),
                 "labels": chosen.labels}
 
-    train, val = split_off(rows_of(raw["train"]), spec.val_fraction, seed=SPLIT_SEED)
-    train = take(train, spec.max_train_samples, seed=SPLIT_SEED)
+    train, val = train_rows(raw["train"], spec)
     evals = {name: take(rows_of(raw[name]), spec.max_eval_samples, seed=SPLIT_SEED) for name in fmt.evals}
     union = tokenized("train", train)
     if spec.unlabelled is not None:  # tokenized with train, so both share one width; its rows follow train's
