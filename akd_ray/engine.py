@@ -12,6 +12,11 @@ Methods (each a plan of stages; a stage is a loss over some epochs):
   +layers, +minimax  (kd+layers, annealing+minimax, ...): the base method's loss plus a lever's term in
              every distilling stage (akd_ray.levers); the lone `layers` / `minimax` add it to hard labels
 
+Few labels (`task.labelled_samples`, `task.unlabelled`): an epoch is one pass over the union of
+labelled and unlabelled training rows for every stage. A stage with a teacher term trains on every
+row, its batches carrying the label mask (label terms average over the labelled rows, teacher terms
+over all); a stage on labels alone (scratch, stage II) draws as many rows from the labelled ones.
+
 Model selection uses the validation split held out of training; the test split is only evaluated
 on the checkpoint that selection picked.
 
