@@ -275,6 +275,30 @@ CASES: dict[str, Case] = {
                                         prepare=image_folder(empty="train/class4")),
     "images: unreadable image": study(on_cifar, "{tmp}/images/test/class2/0.jpg: not a readable image",
                                       prepare=image_folder(broken="test/class2")),
+    # -- few labels (task.labelled_samples, task.unlabelled, teachers.*.train_on)
+    "few labels: budget larger than train": study(at("task", "labelled_samples", value=5000),
+                                                  "{study}: task.labelled_samples: 5000 labelled rows, but the training "
+                                                  "split has 1295 rows"),
+    "few labels: budget under the classes": study(at("task", "labelled_samples", value=7),
+                                                  "task.labelled_samples: 7 labelled rows, fewer than the 10 classes"),
+    "few labels: digits has no unlabelled source": study(
+        at("task", "unlabelled", value="more"), "task.unlabelled: digits has no extra unlabelled source",
+        prepare=lambda tmp: (tmp / "more").mkdir()),
+    "few labels: a loaded teacher's train_on": study(
+        both(at("teachers", "big", "prepare", value="load"), at("teachers", "big", "path", value="t.pt"),
+             at("teachers", "big", "train_on", value="all")),
+        "teachers.big.train_on: a teacher with prepare: load was trained elsewhere",
+        prepare=lambda tmp: _torch_save("tensors", tmp / "t.pt")),
+    "few labels: train_on labelled without a budget": study(at("teachers", "big", "train_on", value="labelled"),
+                                                            "teachers.big.train_on: labelled, but every training row"),
+    "GLUE: unlabelled TSV without the text column": study(
+        both(glue_study, at("task", "unlabelled", value="more.tsv")),
+        "task.unlabelled: {tmp}/more.tsv:1: no column(s) ['sentence']",
+        prepare=lambda tmp: (glue_files()(tmp), (tmp / "more.tsv").write_text("text\nsome film\n"))),
+    "images: unlabelled folder with a non-image": study(
+        both(on_cifar, at("task", "unlabelled", value="more")),
+        "task.unlabelled: {tmp}/more/a.png is not a readable image",
+        prepare=lambda tmp: (image_folder()(tmp), (tmp / "more").mkdir(), (tmp / "more" / "a.png").write_bytes(b"x"))),
     # -- models
     "hub id not cached, offline": study(both(glue_study, at("teachers", "lm", "model", "path", value="org/no-such-model")),
                                         "teachers.lm.model.path: not in the local cache and the hub is unreachable",
@@ -304,6 +328,8 @@ MACHINE_CASES = {"a GPU per trial on a CPU machine", "more CPUs per trial than t
 def _torch_save(obj, path: Path) -> None:
     import torch
 
+    if obj == "tensors":  # a state dict: names -> tensors
+        obj = {"w": torch.zeros(2)}
     torch.save(obj, path)
 
 

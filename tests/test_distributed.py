@@ -84,12 +84,14 @@ def test_two_ranks_train_one_model_through_annealing(teacher_dir, tmp_path):
     assert ranks[0]["result"]["test_metric"] > 0.5  # it learned: 10 classes
 
 
-def one_rank_vs_two(student, tmp_path, images: bool = False) -> tuple[list[dict], list[dict]]:
+def one_rank_vs_two(student, tmp_path, images: bool = False, method: str = "scratch", teacher_dir=None,
+                    **task) -> tuple[list[dict], list[dict]]:
     """The same 2-epoch SGD run on one process with the global batch of 64 and on two ranks with 32
     each: (one process's model state per epoch, the two ranks' results)."""
-    run = RunConfig(task=TASK.model_copy(update={"max_train_samples": 256}), student_model=student,
-                    method="scratch", train=TrainSpec(epochs=2, batch_size=64, optimizer="sgd", lr=0.1,
-                                                      lr_schedule="constant", precision="fp32", device="cpu"))
+    run = RunConfig(task=TASK.model_copy(update={"max_train_samples": 256, **task}), student_model=student,
+                    method=method, teacher_dir=teacher_dir, cache_dir=tmp_path / "cache",
+                    train=TrainSpec(epochs=2, batch_size=64, optimizer="sgd", lr=0.1,
+                                    lr_schedule="constant", precision="fp32", device="cpu"))
     one = []
     run_distillation(run, task=digit_images(run.task) if images else None,
                      on_epoch=lambda m, state: one.append(state()["model"]))
@@ -155,6 +157,15 @@ def test_global_batchnorm_keeps_fp32_statistics_for_bf16_input(tmp_path):
         # the running statistics are fp32 sums over 257 rows: one process's to fp32 rounding
         torch.testing.assert_close(got["mean"], ref.running_mean, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(got["var"], ref.running_var, rtol=1e-5, atol=1e-6)
+
+
+def test_two_ranks_split_the_union_of_labelled_and_unlabelled_rows_as_one_rank(teacher_dir, tmp_path):
+    """Few labels (40 of 256 rows): KD's soft term on every row, its label term over the global batch's
+    labelled rows however the ranks' halves share them. Two ranks train the one process's model."""
+    one, two = one_rank_vs_two(MLP(kind="mlp", hidden=(32,)), tmp_path, method="kd", teacher_dir=teacher_dir,
+                               labelled_samples=40)
+    assert len(one) == 2
+    assert_ranks_match(one, two)
 
 
 def test_a_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path):
