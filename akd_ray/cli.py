@@ -102,6 +102,9 @@ def validate(study: StudyArg, set: SetOpt = None, address: Annotated[Optional[st
 
 @app.command()
 def tune(study: StudyArg, set: SetOpt = None, address: AddressOpt = None,
+         fresh: Annotated[bool, typer.Option("--fresh", help="Start the study over in the same storage; its old "
+                                             "results are kept under <storage>/<name>-<date>. Needed after the "
+                                             "study or its search space changed.")] = False,
          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray Tune's own status tables on "
                                                "the terminal, as Tune prints them, instead of the live view "
                                                "(without it they go to <storage>/<name>/tune.log).")] = False) -> None:
@@ -114,14 +117,33 @@ def tune(study: StudyArg, set: SetOpt = None, address: AddressOpt = None,
 
     Ctrl-C (or SIGTERM) stops the running trials at their last checkpoint and exits 130 (143); run the
     same command again to resume. A second Ctrl-C stops at once.
+
+    One `tune` per study at a time: a second one exits 2 naming the running one. A rerun after the
+    study or its search space changed exits 2 naming the change (see --fresh).
     """
     from akd_ray.preflight import check
+    from akd_ray.study.fingerprint import check_rerun
+    from akd_ray.study.layout import Layout
+    from akd_ray.study.lock import StudyLock
 
     s = _load(study, set)
+    lock = StudyLock(Layout.of(s).root, s.name, study)
     try:
         plan = check(s, address)
+        lock.acquire()
+        old = check_rerun(lock.path.parent, s, plan.space, fresh)
     except ConfigError as e:
+        lock.release()
         raise _bad_input(str(e)) from None
+    if old is not None:
+        say(f"starting over; the old results are in {old}")
+    try:
+        _tune(study, s, plan, address, verbose)
+    finally:
+        lock.release()
+
+
+def _tune(study: Path, s: Study, plan, address: str | None, verbose: bool) -> None:
     from akd_ray.study import StudyStopped, run_study
     from akd_ray.tracking import TrackingError
 
