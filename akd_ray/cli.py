@@ -7,6 +7,7 @@ Exit codes: 0 done; 1 a trial or the study failed; 2 bad input (a study, its dat
 
 from __future__ import annotations
 
+import importlib.util
 import shlex
 import subprocess
 import sys
@@ -226,38 +227,53 @@ def report(study: StudyArg, set: SetOpt = None) -> None:
 @app.command()
 def ui(study: StudyArg, port: Annotated[int, typer.Option(help="Port of the UI on 127.0.0.1.")] = 5000,
        open_: Annotated[bool, typer.Option("--open", help="Open the address in a web browser too.")] = False,
+       optuna: Annotated[bool, typer.Option("--optuna", help="Also serve optuna-dashboard on the study's Optuna "
+                                            "storage, on --port + 1 (pip install 'akd-ray[dashboard]').")] = False,
        set: SetOpt = None) -> None:
     """Serve the study's MLflow store (on 127.0.0.1) and print the address of its answer: the pair runs,
-    one row per teacher-student pair with the recommended method, tau_max and mean in points.
+    one row per teacher-student pair with the recommended method, whether it is decided, its mean and
+    interval in points. MLflow's own output goes to <storage>/<name>/ui.log.
 
     A study that tracks to a server (`mlflow.tracking_uri: http://...`) is not served again: the
-    address is on that server.
+    address is on that server. Reads the study without its lock: works while `tune` runs.
     """
     from akd_ray.config import tracking_uri
-    from akd_ray.tracking.ui import study_url
+    from akd_ray.study.layout import Layout, optuna_storage
 
     s = _load(study, set)
-    uri = tracking_uri(s)
-    if uri.startswith("http"):
-        _show(study_url(s, uri), uri, open_)
-        return
-    if not Path(uri.removeprefix("sqlite:///")).exists() and uri.startswith("sqlite:///"):
+    uri, layout = tracking_uri(s), Layout.of(s)
+    if optuna and importlib.util.find_spec("optuna_dashboard") is None:
+        raise _bad_input("--optuna: optuna-dashboard is not installed; pip install 'akd-ray[dashboard]'")
+    local = not uri.startswith("http")
+    if local and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise _bad_input(f"{study}: no MLflow store yet at {uri} (run `akd-ray tune {study}` first)")
-    base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                               "--host", "127.0.0.1", "--port", str(port)])
+    from akd_ray.tracking.ui import serve_optuna, serve_store, study_url
+
+    log = layout.root / "ui.log"
+    servers = []
     try:
-        if not _wait_health(base, server):
-            raise typer.Exit(EXIT_FAILED)
-        _show(study_url(s, base), base, open_)
-        say("(Ctrl-C stops the UI)")
-        server.wait()
+        if local:
+            servers.append((serve_store(uri, port, log), f"http://127.0.0.1:{port}", "/health"))
+        if optuna:
+            servers.append((serve_optuna(optuna_storage(s), port + 1, log), f"http://127.0.0.1:{port + 1}", "/"))
+        base = servers[0][1] if local else uri
+        url = study_url(s, base)  # while the servers start
+        for server, address, path in servers:
+            if not _wait_health(address, server, path, log):
+                raise typer.Exit(EXIT_FAILED)
+        _show(url, base, open_)
+        if optuna:
+            say(f"optuna-dashboard, each search's history: {servers[-1][1]}")
+        if servers:
+            say(f"(Ctrl-C stops it; MLflow's own output: {log})")
+            servers[0][0].wait()
     except KeyboardInterrupt:
         pass
     finally:
-        if server.poll() is None:
-            server.terminate()
-            server.wait(timeout=30)
+        for server, _, _ in servers:
+            if server.poll() is None:
+                server.terminate()
+                server.wait(timeout=30)
 
 
 def _show(url: str | None, base: str, open_: bool) -> None:
@@ -271,17 +287,17 @@ def _show(url: str | None, base: str, open_: bool) -> None:
         webbrowser.open(url)
 
 
-def _wait_health(base: str, server: subprocess.Popen, timeout_s: float = 120) -> bool:
+def _wait_health(base: str, server: subprocess.Popen, path: str, log: Path, timeout_s: float = 120) -> bool:
     """True once the UI answers; False (with the reason said) if it exits or never answers."""
     from akd_ray.tracking.store import wait_healthy
 
-    why = wait_healthy(server, base, timeout_s)
+    why = wait_healthy(server, base, timeout_s, path=path)
     if why is None:
         return True
     if why.startswith("exited"):
-        say(f"error: the MLflow UI {why} (is port {base.rsplit(':', 1)[1]} taken? try --port)", err=True)
+        say(f"error: the UI at {base} {why} (is port {base.rsplit(':', 1)[1]} taken? try --port; see {log})", err=True)
     else:
-        say(f"error: the MLflow UI did not answer at {base} within {timeout_s:.0f} s", err=True)
+        say(f"error: the UI did not answer at {base} within {timeout_s:.0f} s (see {log})", err=True)
     return False
 
 

@@ -141,18 +141,18 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (str, bytes))
 
 
-def wait_healthy(process, url: str, timeout_s: float, every_s: float = 0.3) -> str | None:
-    """Wait until the MLflow server `process` started answers `<url>/health`: None once it does, else
-    why not ("exited with N", or "did not answer /health within T s"). Used by `akd-ray ui` and the
-    tests' server alike."""
+def wait_healthy(process, url: str, timeout_s: float, every_s: float = 0.3, path: str = "/health") -> str | None:
+    """Wait until the MLflow server `process` started answers `<url><path>`: None once it does, else
+    why not ("exited with N", or "did not answer /health within T s"). Used by `akd-ray ui` (for
+    optuna-dashboard too, on `path` "/") and the tests' server alike."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             return f"exited with {process.returncode}"
         try:
-            if requests.get(f"{url}/health", timeout=1).status_code == 200:
+            if requests.get(f"{url}{path}", timeout=1).status_code == 200:
                 return None
         except requests.RequestException:
             pass
         time.sleep(every_s)
-    return f"did not answer /health within {timeout_s:.0f} s"
+    return f"did not answer {path} within {timeout_s:.0f} s"
