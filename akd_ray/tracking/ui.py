@@ -44,15 +44,16 @@ def _col(kind: str, key: str) -> str:
 
 
 def pair_columns(methods: list[str] | tuple[str, ...]) -> list[str]:
-    """The pair table's columns: the pick (method, its knobs, mean and interval in points), the gain
+    """The pair table's columns: the answer and its certainty first (the pick in words with decided or
+    not, `decided`, the mean and its 95% interval in points), then the pick's method and knobs, the gain
     over every method, the registered model. The same for every pair (see `log_picks`)."""
     knobs = [k for k in SHOWN_KNOBS if any(k in KNOBS[m] for m in methods)]
-    # the answer first (the pick in words, its mean), so it is on screen beside the run name
-    return [_col("tags", "recommended"), _col("metrics", "pick.mean"), _col("metrics", "pick.ci_low"),
-            _col("metrics", "pick.ci_high"), _col("params", "pick.method"),
+    # the first columns are on screen beside the run name without scrolling
+    return [_col("tags", "recommended"), _col("tags", "decided"), _col("metrics", "pick.mean"),
+            _col("metrics", "pick.ci95_low"), _col("metrics", "pick.ci95_high"), _col("params", "pick.method"),
             *(_col("params", f"pick.{k}") for k in knobs),
             _col("metrics", "pick.seeds"), *(_col("metrics", f"gain_over_{m}") for m in methods),
-            _col("tags", "decided"), _col("tags", "registered_model")]
+            _col("tags", "registered_model")]
 
 
 def view_state(methods: list[str] | tuple[str, ...]) -> str:
@@ -60,7 +61,7 @@ def view_state(methods: list[str] | tuple[str, ...]) -> str:
     columns = pair_columns(methods)
     return json.dumps({"searchFilter": PAIR_FILTER, "orderByKey": _col("tags", "mlflow.runName"), "orderByAsc": True,
                        "selectedColumns": columns, "columnOrder": columns,
-                       "columnWidths": {_col("tags", "recommended"): 230, _col("tags", "registered_model"): 280},
+                       "columnWidths": {_col("tags", "recommended"): 360, _col("tags", "decided"): 90, _col("tags", "registered_model"): 280},
                        "runListHidden": False,
                        "viewMaximized": False})
 
