@@ -182,12 +182,17 @@ def status(study: StudyArg, set: SetOpt = None) -> None:
     """How far a study is, from its storage alone: phase, trials per pair and method by state, best
     validation so far, failures with their reason. Works while `tune` runs (from another shell) or after."""
     from akd_ray.progress import read_status, status_lines
+    from akd_ray.study.layout import Layout
 
     s = _load(study, set)
     root = Path(s.storage) / s.name
     found = read_status(root)
     if found is None:
-        say(f"{study}: no run yet under {root} (start it with `akd-ray tune {study}`)")
+        from akd_ray.study.lock import holder_of
+
+        holder = holder_of(Layout.of(s).root)
+        say(f"{study}: starting (pid {holder.get('pid', '?')}, started {holder.get('started', '?')})" if holder is not None
+            else f"{study}: no run yet under {root} (start it with `akd-ray tune {study}`)")
         return
     for line in status_lines(found):
         say(line)

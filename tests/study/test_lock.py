@@ -69,3 +69,27 @@ def test_tune_of_a_running_study_exits_2_in_seconds_with_one_line(tmp_path):
         f"watch it with `akd-ray status {study}`"]
     assert sorted(x.name for x in (tmp_path / "results" / "tiny").iterdir()) == [LOCK_FILE]  # nothing else made
     assert not (tmp_path / "ray").exists()
+
+
+@pytest.mark.slow
+def test_a_second_tune_of_a_running_study_exits_2_and_the_first_finishes_untouched(finished_study):
+    """Two real `akd-ray tune` processes of one study (the session's finished study: conftest)."""
+    import json
+
+    from mlflow import MlflowClient
+
+    second, first = finished_study.second, finished_study.first
+    assert second.returncode == 2 and finished_study.second_s <= 10, (second.returncode, finished_study.second_s)
+    (line,) = second.stderr.strip().splitlines()
+    assert line.startswith("error: study tiny is running (pid ") and "watch it with `akd-ray status" in line
+    assert "Traceback" not in second.stdout + second.stderr
+    # the first ran to the end as if alone: every trial once, each with one MLflow run, the lock gone
+    rows = json.loads((finished_study.root / "report/trials.json").read_text())
+    assert len([r for r in rows if r["phase"] == "search"]) == 2 * 4 and all(r["finished"] for r in rows)
+    client = MlflowClient(f"sqlite:///{finished_study.root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    trial_runs = [r for r in client.search_runs([experiment.experiment_id], max_results=1000)
+                  if "akd.trial_id" in r.data.tags]
+    assert sorted(r.data.tags["akd.trial_id"] for r in trial_runs) == sorted(r["trial_id"] for r in rows)
+    assert all(r.info.status == "FINISHED" for r in trial_runs)
+    assert holder_of(finished_study.root) is None and not (finished_study.root / LOCK_FILE).exists()
