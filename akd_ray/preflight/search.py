@@ -46,10 +46,12 @@ def check_knob_owners(space: Space, study: Study) -> None:
     verdict uses): a knob a method ignores would spend that method's budget searching nothing. Fields no
     method owns (e.g. `epochs`) and student-family fields are not in the table and pass."""
     owned = {k for knobs in KNOBS.values() for k in knobs} | set(RECIPE_KNOBS)
-    for name, p in space.params.items():
+    asked: dict[str, set[str]] = {}  # the methods a parameter is really asked for: a `when` on a parameter
+    for name, p in space.params.items():  # a method never gets (decay on schedule) leaves it out too
+        asked[name] = set(p.methods).intersection(*(asked[other] for other in p.when))
         if name not in owned:
             continue
-        ignoring = [m for m in study.search.methods if m in p.methods and name not in method_knobs(m)]
+        ignoring = [m for m in study.search.methods if m in asked[name] and name not in method_knobs(m)]
         if not ignoring:
             continue
         users = [m for m in KNOBS if name in method_knobs(m)]
