@@ -154,9 +154,8 @@ def test_default_store_report_and_ui_show_the_study(finished_study):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ui = subprocess.Popen([sys.executable, "-m", "akd_ray.cli", "ui", str(study), "--port", str(port)], cwd=ROOT,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                          env={**__import__("os").environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    ui = subprocess.Popen([sys.executable, "-m", "akd_ray.cli", "ui", str(study), "--port", str(port), "--optuna"],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
         deadline = time.monotonic() + 120
@@ -185,6 +184,14 @@ def test_default_store_report_and_ui_show_the_study(finished_study):
             tags = {t["key"]: t["value"] for t in version.get("tags", [])}
             assert tags["pick.method"] in ("scratch", "kd", "annealing") and tags["verdict"]
             assert version["description"].startswith(("scratch", "KD alpha", "Annealing-KD tau_max"))
+        # --optuna: optuna-dashboard on the study's Optuna storage, each search's objective named
+        printed = [ui.stdout.readline() for _ in range(3)]
+        assert f"optuna-dashboard, each search's history: http://127.0.0.1:{port + 1}\n" in printed, printed
+        dashboard = f"http://127.0.0.1:{port + 1}/api/studies"
+        studies = {s["study_name"]: s["study_id"] for s in requests.get(dashboard, timeout=10).json()["study_summaries"]}
+        assert set(studies) == {f"mlp-128->{s}/{m}" for s in ("mlp-8", "mlp-4") for m in ("scratch", "kd", "annealing")}
+        detail = requests.get(f"{dashboard}/{studies['mlp-128->mlp-8/annealing']}", timeout=10).json()
+        assert detail["objective_names"] == ["validation accuracy (best epoch, 0-1)"] and len(detail["trials"]) == 2
     finally:
         import os
         import signal
