@@ -61,7 +61,7 @@ def view_state(methods: list[str] | tuple[str, ...]) -> str:
     columns = pair_columns(methods)
     return json.dumps({"searchFilter": PAIR_FILTER, "orderByKey": _col("tags", "mlflow.runName"), "orderByAsc": True,
                        "selectedColumns": columns, "columnOrder": columns,
-                       "columnWidths": {_col("tags", "recommended"): 360, _col("tags", "decided"): 90, _col("tags", "registered_model"): 280},
+                       "columnWidths": {_col("tags", "recommended"): 300, _col("tags", "decided"): 80, _col("tags", "registered_model"): 280},
                        "runListHidden": False,
                        "viewMaximized": False})
 

