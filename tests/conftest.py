@@ -140,22 +140,22 @@ class FinishedStudy:
 def finished_study(tmp_path_factory) -> FinishedStudy:
     """test_run's tiny study (two pairs; scratch 1, kd 1, annealing 2 trials; 2 confirmation seeds) run
     once by a real `akd-ray tune`; while it runs, a second `akd-ray tune` of the same study is started."""
+    from akd_ray.study.lock import holder_of
+    from test_run import ROOT, small_study  # tests/study: the tests that use this fixture live there
+
     tmp = tmp_path_factory.mktemp("finished-study")
     study = small_study(tmp, None)
     data = yaml.safe_load(study.read_text())
     data["search"]["trials"] = {"scratch": 1, "kd": 1, "annealing": 2}
     data["search"]["confirm_seeds"] = 2
     study.write_text(yaml.safe_dump(data, sort_keys=False))
-    from akd_ray.study.lock import holder_of
-    from test_run import ROOT, small_study  # tests/study: the tests that use this fixture live there
-
     root = tmp / "results" / "tiny"
     command = [sys.executable, "-m", "akd_ray.cli", "tune", str(study)]
     env = {**os.environ, "AKD_RAY_VERBOSE": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)
     with open(tmp / "first.out", "w+") as out, open(tmp / "first.err", "w+") as err:
         first = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err, text=True, env=env)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while (holder_of(root) or {}).get("pid") != first.pid:
             assert first.poll() is None and time.monotonic() < deadline, "the first tune never took the lock"
             time.sleep(0.2)
