@@ -453,10 +453,11 @@ def test_cli_basics(tmp_path):
     assert short.returncode == 0
     text = " ".join(short.stdout.split())
     for phrase in ("Repeat it for several fields", "read as YAML", "Results go to <storage>/<name>/",
-                   "resumes the study", "tune.log", "--address", "--verbose"):
+                   "resumes the study", "tune.log", "--address", "--verbose", "--fresh", "a second one exits 2"):
         assert phrase in text, phrase
     ui = " ".join(run_cli(tmp_path, "ui", "-h").stdout.split())
-    for phrase in ("--open", "print the address of its answer", "recommended method, tau_max and mean in points"):
+    for phrase in ("--open", "--optuna", "print the address of its answer", "whether it is decided, its mean and interval",
+                   "MLflow's own output goes to <storage>/<name>/ui.log"):
         assert phrase in ui, phrase
     validate = " ".join(run_cli(tmp_path, "validate", "-h").stdout.split())
     assert "Exit 2: the study is wrong. Exit 0 with a warning" in validate
