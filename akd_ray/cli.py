@@ -130,6 +130,7 @@ def tune(study: StudyArg, set: SetOpt = None, address: AddressOpt = None,
     s = _load(study, set)
     lock = StudyLock(Layout.of(s).root, s.name, study)
     try:
+        lock.refuse_if_held()  # a running study is refused in seconds, before the checks (which make nothing)
         plan = check(s, address)
         lock.acquire()
         old = check_rerun(lock.path.parent, s, plan.space, fresh)

@@ -57,6 +57,11 @@ class StudyLock:
         self.fd = fd
         return self
 
+    def refuse_if_held(self) -> None:
+        """Raise StudyRunning if another process holds the lock; takes nothing and makes nothing."""
+        if holder_of(self.path.parent) is not None:
+            raise StudyRunning(self._refusal())
+
     def release(self) -> None:
         if self.fd is None:
             return
