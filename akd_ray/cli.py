@@ -7,6 +7,7 @@ Exit codes: 0 done; 1 a trial or the study failed; 2 bad input (a study, its dat
 
 from __future__ import annotations
 
+import importlib.util
 import shlex
 import subprocess
 import sys
@@ -102,6 +103,9 @@ def validate(study: StudyArg, set: SetOpt = None, address: Annotated[Optional[st
 
 @app.command()
 def tune(study: StudyArg, set: SetOpt = None, address: AddressOpt = None,
+         fresh: Annotated[bool, typer.Option("--fresh", help="Start the study over in the same storage; its old "
+                                             "results are kept under <storage>/<name>-<date>. Needed after the "
+                                             "study or its search space changed.")] = False,
          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray Tune's own status tables on "
                                                "the terminal, as Tune prints them, instead of the live view "
                                                "(without it they go to <storage>/<name>/tune.log).")] = False) -> None:
@@ -114,14 +118,34 @@ def tune(study: StudyArg, set: SetOpt = None, address: AddressOpt = None,
 
     Ctrl-C (or SIGTERM) stops the running trials at their last checkpoint and exits 130 (143); run the
     same command again to resume. A second Ctrl-C stops at once.
+
+    One `tune` per study at a time: a second one exits 2 naming the running one. A rerun after the
+    study or its search space changed exits 2 naming the change (see --fresh).
     """
     from akd_ray.preflight import check
+    from akd_ray.study.fingerprint import check_rerun
+    from akd_ray.study.layout import Layout
+    from akd_ray.study.lock import StudyLock
 
     s = _load(study, set)
+    lock = StudyLock(Layout.of(s).root, s.name, study)
     try:
+        lock.refuse_if_held()  # a running study is refused in seconds, before the checks (which make nothing)
         plan = check(s, address)
+        lock.acquire()
+        old = check_rerun(lock.path.parent, s, plan.space, fresh)
     except ConfigError as e:
+        lock.release()
         raise _bad_input(str(e)) from None
+    if old is not None:
+        say(f"starting over; the old results are in {old}")
+    try:
+        _tune(study, s, plan, address, verbose)
+    finally:
+        lock.release()
+
+
+def _tune(study: Path, s: Study, plan, address: str | None, verbose: bool) -> None:
     from akd_ray.study import StudyStopped, run_study
     from akd_ray.tracking import TrackingError
 
@@ -159,12 +183,17 @@ def status(study: StudyArg, set: SetOpt = None) -> None:
     """How far a study is, from its storage alone: phase, trials per pair and method by state, best
     validation so far, failures with their reason. Works while `tune` runs (from another shell) or after."""
     from akd_ray.progress import read_status, status_lines
+    from akd_ray.study.layout import Layout
 
     s = _load(study, set)
     root = Path(s.storage) / s.name
     found = read_status(root)
     if found is None:
-        say(f"{study}: no run yet under {root} (start it with `akd-ray tune {study}`)")
+        from akd_ray.study.lock import holder_of
+
+        holder = holder_of(Layout.of(s).root)
+        say(f"{study}: starting (pid {holder.get('pid', '?')}, started {holder.get('started', '?')})" if holder is not None
+            else f"{study}: no run yet under {root} (start it with `akd-ray tune {study}`)")
         return
     for line in status_lines(found):
         say(line)
@@ -204,38 +233,53 @@ def report(study: StudyArg, set: SetOpt = None) -> None:
 @app.command()
 def ui(study: StudyArg, port: Annotated[int, typer.Option(help="Port of the UI on 127.0.0.1.")] = 5000,
        open_: Annotated[bool, typer.Option("--open", help="Open the address in a web browser too.")] = False,
+       optuna: Annotated[bool, typer.Option("--optuna", help="Also serve optuna-dashboard on the study's Optuna "
+                                            "storage, on --port + 1 (pip install 'akd-ray[dashboard]').")] = False,
        set: SetOpt = None) -> None:
     """Serve the study's MLflow store (on 127.0.0.1) and print the address of its answer: the pair runs,
-    one row per teacher-student pair with the recommended method, tau_max and mean in points.
+    one row per teacher-student pair with the recommended method, whether it is decided, its mean and
+    interval in points. MLflow's own output goes to <storage>/<name>/ui.log.
 
     A study that tracks to a server (`mlflow.tracking_uri: http://...`) is not served again: the
-    address is on that server.
+    address is on that server. Reads the study without its lock: works while `tune` runs.
     """
     from akd_ray.config import tracking_uri
-    from akd_ray.tracking.ui import study_url
+    from akd_ray.study.layout import Layout, optuna_storage
 
     s = _load(study, set)
-    uri = tracking_uri(s)
-    if uri.startswith("http"):
-        _show(study_url(s, uri), uri, open_)
-        return
-    if not Path(uri.removeprefix("sqlite:///")).exists() and uri.startswith("sqlite:///"):
+    uri, layout = tracking_uri(s), Layout.of(s)
+    if optuna and importlib.util.find_spec("optuna_dashboard") is None:
+        raise _bad_input("--optuna: optuna-dashboard is not installed; pip install 'akd-ray[dashboard]'")
+    local = not uri.startswith("http")
+    if local and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise _bad_input(f"{study}: no MLflow store yet at {uri} (run `akd-ray tune {study}` first)")
-    base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                               "--host", "127.0.0.1", "--port", str(port)])
+    from akd_ray.tracking.ui import serve_optuna, serve_store, study_url
+
+    log = layout.root / "ui.log"
+    servers = []
     try:
-        if not _wait_health(base, server):
-            raise typer.Exit(EXIT_FAILED)
-        _show(study_url(s, base), base, open_)
-        say("(Ctrl-C stops the UI)")
-        server.wait()
+        if local:
+            servers.append((serve_store(uri, port, log), f"http://127.0.0.1:{port}", "/health"))
+        if optuna:
+            servers.append((serve_optuna(optuna_storage(s), port + 1, log), f"http://127.0.0.1:{port + 1}", "/"))
+        base = servers[0][1] if local else uri
+        url = study_url(s, base)  # while the servers start
+        for server, address, path in servers:
+            if not _wait_health(address, server, path, log):
+                raise typer.Exit(EXIT_FAILED)
+        _show(url, base, open_)
+        if optuna:
+            say(f"optuna-dashboard, each search's history: {servers[-1][1]}")
+        if servers:
+            say(f"(Ctrl-C stops it; MLflow's own output: {log})")
+            servers[0][0].wait()
     except KeyboardInterrupt:
         pass
     finally:
-        if server.poll() is None:
-            server.terminate()
-            server.wait(timeout=30)
+        for server, _, _ in servers:
+            if server.poll() is None:
+                server.terminate()
+                server.wait(timeout=30)
 
 
 def _show(url: str | None, base: str, open_: bool) -> None:
@@ -249,17 +293,17 @@ def _show(url: str | None, base: str, open_: bool) -> None:
         webbrowser.open(url)
 
 
-def _wait_health(base: str, server: subprocess.Popen, timeout_s: float = 120) -> bool:
+def _wait_health(base: str, server: subprocess.Popen, path: str, log: Path, timeout_s: float = 120) -> bool:
     """True once the UI answers; False (with the reason said) if it exits or never answers."""
     from akd_ray.tracking.store import wait_healthy
 
-    why = wait_healthy(server, base, timeout_s)
+    why = wait_healthy(server, base, timeout_s, path=path)
     if why is None:
         return True
     if why.startswith("exited"):
-        say(f"error: the MLflow UI {why} (is port {base.rsplit(':', 1)[1]} taken? try --port)", err=True)
+        say(f"error: the UI at {base} {why} (is port {base.rsplit(':', 1)[1]} taken? try --port; see {log})", err=True)
     else:
-        say(f"error: the MLflow UI did not answer at {base} within {timeout_s:.0f} s", err=True)
+        say(f"error: the UI did not answer at {base} within {timeout_s:.0f} s (see {log})", err=True)
     return False
 
 

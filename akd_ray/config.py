@@ -137,6 +137,13 @@ class TaskSpec(Frozen):
     max_eval_samples: int | None = Field(None, ge=1, description="caps val and test (quick runs)")
     max_seq_length: int = Field(128, ge=8)
     augment: bool = Field(True, description="pad-4 crop + flip on image tasks; ignored elsewhere")
+    labelled_samples: int | None = Field(
+        None, ge=1, description="few labels: this many training rows keep their label for the student (stratified, "
+                                "seeded, drawn after the validation split and max_train_samples); the rest of train "
+                                "is unlabelled for it. None: every training row is labelled")
+    unlabelled: Path | None = Field(
+        None, description="extra unlabelled examples for the student: a TSV with the GLUE task's text columns (a "
+                          "label column is ignored), or a folder of 32x32 images for CIFAR; relative to the study file")
 
     @property
     def is_glue(self) -> bool:
@@ -162,7 +169,7 @@ class TrainSpec(Frozen):
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
     lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"
     warmup_fraction: float = Field(0.0, ge=0, lt=1)
-    beta: float = Field(1.0, ge=0, description="layers: weight of the intermediate-layer MSE")
+    beta: float = Field(1.0, ge=0, description="layers: weight of the layer term (2 - 2cos per pair, PKD)")
     layer_map: Literal[LAYER_MAPS] = Field(  # type: ignore[valid-type]
         "uniform", description="layers: which teacher layer each student layer matches (uniform, last, random)")
     minimax_eps: float = Field(0.1, gt=0, description="minimax: radius of the perturbation (L-inf on pixels and "
@@ -182,6 +189,10 @@ class TeacherSpec(Frozen):
                                                 "of `model`; None with kind hf: model.path is the teacher")
     train: TrainSpec = TrainSpec()
     checkpoints: int = Field(4, ge=1, description="training snapshots kept for Pro-KD")
+    train_on: Literal["all", "labelled"] = Field(
+        "all", description="with task.labelled_samples: all -- the teacher trains on every training label (a teacher "
+                           "that has seen more); labelled -- on the student's labelled rows only. Ignored by "
+                           "prepare: load")
     min_margin: float | None = Field(
         0.05, ge=0, description="before any search the teacher's validation metric must beat the "
                                 "majority-class baseline by this much (0.05 = 5 points); null: distil "
@@ -756,6 +767,9 @@ def _resolve_paths(study: Study, path: Path, origins: Origins | None = None) -> 
     task = study.task
     if task.data_dir is not None:
         task = task.model_copy(update={"data_dir": need(("task", "data_dir"), resolve(task.data_dir), folder=True)})
+    if task.unlabelled is not None:  # a TSV for GLUE, a folder of images otherwise; preflight reads what it holds
+        task = task.model_copy(update={"unlabelled": need(("task", "unlabelled"), resolve(task.unlabelled),
+                                                          folder=not task.is_glue)})
     if not Path(task.download_dir).expanduser().is_absolute():
         task = task.model_copy(update={"download_dir": resolve(task.download_dir)})
     teachers = {}

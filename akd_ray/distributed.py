@@ -92,9 +92,11 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     with N the global count, both sums by a differentiable all-reduce (its backward all-reduces the
     gradients, so each rank's inputs receive the gradient of every rank's loss through the shared
-    statistics). Two passes rather than E[x^2] - mean^2, which loses digits. Running statistics
-    take the unbiased variance N / (N - 1), as BatchNorm does. Outside training or without a group
-    it is plain BatchNorm.
+    statistics). Two passes rather than E[x^2] - mean^2, which loses digits. The count, sums,
+    mean and variance are fp32 whatever the input's dtype (under bf16 autocast a count of 257 would
+    round to 256 and the sums lose digits), as cuDNN's and SyncBatchNorm's statistics are; the output
+    takes the input's dtype. Running statistics take the unbiased variance N / (N - 1), as BatchNorm
+    does. Outside training or without a group it is plain BatchNorm.
     """
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
@@ -108,17 +110,20 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
-        n = all_reduce(x.new_tensor(float(x.numel() // x.shape[1])))
-        mean = all_reduce(x.sum(dims)) / n
-        var = all_reduce(((x - mean.view(shape)) ** 2).sum(dims)) / n
+        x32 = x.float()
+        n = all_reduce(x32.new_tensor(float(x.numel() // x.shape[1])))
+        mean = all_reduce(x32.sum(dims)) / n
+        var = all_reduce(((x32 - mean.view(shape)) ** 2).sum(dims)) / n
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 self.running_mean.lerp_(mean.detach(), m)
                 self.running_var.lerp_(var.detach() * n / (n - 1), m)
-        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+        y = (x32 - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.float().view(shape) + self.bias.float().view(shape)
+        return y.to(x.dtype)
 
 
 def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:

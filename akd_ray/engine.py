@@ -12,6 +12,11 @@ Methods (each a plan of stages; a stage is a loss over some epochs):
   +layers, +minimax  (kd+layers, annealing+minimax, ...): the base method's loss plus a lever's term in
              every distilling stage (akd_ray.levers); the lone `layers` / `minimax` add it to hard labels
 
+Few labels (`task.labelled_samples`, `task.unlabelled`): an epoch is one pass over the union of
+labelled and unlabelled training rows for every stage. A stage with a teacher term trains on every
+row, its batches carrying the label mask (label terms average over the labelled rows, teacher terms
+over all); a stage on labels alone (scratch, stage II) draws as many rows from the labelled ones.
+
 Model selection uses the validation split held out of training; the test split is only evaluated
 on the checkpoint that selection picked.
 
@@ -85,10 +90,20 @@ def plan(run: RunConfig) -> list[Stage]:
             for s in stages]
 
 
+def reads_teacher(stage: Stage) -> bool:
+    """Whether a stage has a term on the teacher: it then trains on every row, labelled or not."""
+    return stage.loss != "ce" or bool(stage.levers)
+
+
 def batch_loss(stage: Stage, model: nn.Module, inputs: dict, labels: torch.Tensor,
                soft_targets: Callable[[], torch.Tensor], train: TrainSpec, T: float | None,
-               autocast: torch.autocast, regression: bool, lever: Levers | None) -> torch.Tensor:
-    """One batch's loss: the stage's own (teacher logits fetched only if it needs them), plus its levers' term."""
+               autocast: torch.autocast, regression: bool, lever: Levers | None,
+               labelled: torch.Tensor | None = None, n_labelled: torch.Tensor | None = None) -> torch.Tensor:
+    """One batch's loss: the stage's own (teacher logits fetched only if it needs them), plus its levers' term.
+
+    `labelled` (few labels): the batch's mask; the label terms average over its labelled rows
+    (`n_labelled`: their count over the global batch per rank), the teacher terms over every row.
+    """
     with autocast:
         if "layers" in stage.levers:
             z_s, h_s = hidden_states(model, inputs)
@@ -96,13 +111,13 @@ def batch_loss(stage: Stage, model: nn.Module, inputs: dict, labels: torch.Tenso
             z_s, h_s = logits_of(model, inputs), None
     p = phi(T, train.tau_max) if T is not None else None
     if stage.loss == "ce":
-        loss = hard_label_loss(z_s, labels)
+        loss = hard_label_loss(z_s, labels, labelled, n_labelled)
     elif stage.loss == "anneal":
-        loss = annealing_loss(z_s, soft_targets(), p)
+        loss = annealing_loss(z_s, soft_targets(), p)  # no labels: every row
     elif regression:
-        loss = regression_kd_loss(z_s, soft_targets(), labels, train.alpha)
+        loss = regression_kd_loss(z_s, soft_targets(), labels, train.alpha, labelled, n_labelled)
     else:
-        loss = kd_loss(z_s, soft_targets(), labels, train.alpha, train.kd_temperature)
+        loss = kd_loss(z_s, soft_targets(), labels, train.alpha, train.kd_temperature, labelled, n_labelled)
     if stage.levers:
         loss = loss + lever.term(stage.loss, model, inputs, h_s, p, autocast)
     return loss
@@ -163,6 +178,26 @@ def epoch_order(n: int, seed: int, epoch: int, batch_size: int,
     else:
         batches = list(perm.split(batch_size))
     return [b[rank::size] for b in batches]
+
+
+def epoch_batches(split: Split, labels_only: bool, seed: int, epoch: int, batch_size: int
+                  ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """An epoch's batches over the training split: (this rank's batches, the rows they stand for).
+
+    An epoch is one pass over the union of labelled and unlabelled rows (`epoch_order`), for every
+    stage, so every method takes the same steps. A stage on labels alone (`labels_only`: scratch,
+    stage II) draws as many rows from the labelled ones, each repeated about len(union) /
+    len(labelled) times: position v of the epoch is labelled row `rows[v]`. Batches then hold
+    positions (distinct per repeat, so augmentation draws a fresh view of each); `rows` maps them
+    to rows of the split (None: positions are rows).
+    """
+    n = len(split)
+    if not labels_only or split.labelled is None:
+        return epoch_order(n, seed, epoch, batch_size, split.lengths), None
+    labelled = split.labelled_rows()
+    rows = labelled[torch.arange(n) % len(labelled)]
+    lengths = None if split.lengths is None else split.lengths.cpu()[rows]
+    return epoch_order(n, seed, epoch, batch_size, lengths), rows
 
 
 def batches_per_epoch(n: int, batch_size: int) -> int:
@@ -364,12 +399,18 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
                 lever.set_epoch(epoch)
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=device)  # summed on device: no per-step CPU-GPU sync
-            batches = epoch_order(len(task.train), run.seed, epoch, train.batch_size, task.train.lengths)
-            for idx in batches:
-                augment = Augment(run.augment_seed, epoch, idx) if task.augments else None
+            batches, rows = epoch_batches(task.train, not reads_teacher(stage), run.seed, epoch, train.batch_size)
+            masked = rows is None and task.train.labelled is not None  # a batch of labelled and unlabelled rows
+            for positions in batches:
+                idx = positions if rows is None else rows[positions]
+                augment = Augment(run.augment_seed, epoch, positions) if task.augments else None
                 inputs, labels = task.batch(task.train, idx, device, augment)
+                labelled = n_labelled = None
+                if masked:
+                    labelled = task.train.labelled[idx.to(task.train.labelled.device)].to(device, non_blocking=True)
+                    n_labelled = mean_over_ranks(labelled.sum().float())  # DDP averages: count over the global batch / ranks
                 loss = batch_loss(stage, wrapped, inputs, labels, lambda: soft.get(epoch, idx, snapshot), train, T,
-                                  autocast, task.is_regression, lever)
+                                  autocast, task.is_regression, lever, labelled, n_labelled)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # DDP averages the gradients of the ranks' equal shares: the global batch's
                 optimizer.step()

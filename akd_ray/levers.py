@@ -32,7 +32,6 @@ class Levers(nn.Module):
         # not a submodule: its weights are not trained, saved or handed to the optimizer
         self.__dict__["teacher"] = teacher.to(device).eval().requires_grad_(False)
         self.projections = nn.ModuleDict()
-        self.normalise = is_transformer(student)
         self.pairs: list[tuple[int, int]] = []
         self.depths = (0, 0)
         if "minimax" in self.levers and is_transformer(student):
@@ -79,10 +78,9 @@ class Levers(nn.Module):
         if "layers" in self.levers:
             with torch.no_grad(), autocast:
                 t_hidden = hidden_states(self.teacher, inputs)[1]
-            total = total + train.beta * layer_matching_loss(student_hidden, t_hidden, self.pairs, self.project,
-                                                             self.normalise)
+            total = total + train.beta * layer_matching_loss(student_hidden, t_hidden, self.pairs, self.project)
         if "minimax" in self.levers:
-            s_inputs, t_inputs, delta = self.perturb(student, inputs, autocast)
+            s_inputs, t_inputs, delta = self.perturb(stage_loss, student, inputs, phi, autocast)
             with torch.no_grad(), autocast:
                 z_t = logits_from(self.teacher, _add(t_inputs, delta))
             with autocast:
@@ -90,10 +88,12 @@ class Levers(nn.Module):
             total = total + train.minimax_weight * perturbed_loss(stage_loss, z_s, z_t, phi, train.kd_temperature)
         return total
 
-    def perturb(self, student: nn.Module, inputs: dict, autocast: torch.autocast) -> tuple[dict, dict, torch.Tensor]:
-        """Both models' continuous inputs and the perturbation that raises their divergence (`ascend`).
-        The ascent runs the unwrapped student in eval mode: it moves no BatchNorm statistics and,
-        under DDP, sets off no gradient sync."""
+    def perturb(self, stage_loss: str, student: nn.Module, inputs: dict, phi: float | None,
+                autocast: torch.autocast) -> tuple[dict, dict, torch.Tensor]:
+        """Both models' continuous inputs and the perturbation that raises the divergence the stage then
+        minimises on them (`divergence`: T^2 KL at kd_temperature, or stage I's MSE at phi(T)). The ascent
+        runs the unwrapped student in eval mode: it moves no BatchNorm statistics and, under DDP, sets
+        off no gradient sync."""
         inner = unwrap(student)
         was_training = inner.training
         inner.eval()
@@ -103,8 +103,9 @@ class Levers(nn.Module):
 
         def objective(delta: torch.Tensor) -> torch.Tensor:
             with autocast:
-                return divergence(logits_from(inner, _add(s_inputs, delta, key)),
-                                  logits_from(self.teacher, _add(t_inputs, delta, key)))
+                z_s = logits_from(inner, _add(s_inputs, delta, key))
+                z_t = logits_from(self.teacher, _add(t_inputs, delta, key))
+            return divergence(stage_loss, z_s, z_t, phi, self.train_spec.kd_temperature)
 
         norm = "l2" if key == "inputs_embeds" else "linf"
         try:

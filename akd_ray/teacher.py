@@ -59,6 +59,7 @@ def prepare_teacher(name: str, spec: TeacherSpec, task: TaskSpec, storage: Path,
     """
     if spec.prepare == "load":
         return import_teacher(name, spec, task, storage)
+    task = teacher_task(spec, task)
 
     def train(tmp: Path) -> None:
         run = RunConfig(study="teacher", task=task, teacher=name, student=name, student_model=spec.model,
@@ -69,6 +70,16 @@ def prepare_teacher(name: str, spec: TeacherSpec, task: TaskSpec, storage: Path,
                       "model": TypeAdapter(ModelSpec).dump_python(spec.model, mode="json")})
 
     return folder_once(Path(storage) / "teachers" / f"{name}-{recipe_fingerprint(spec, task, seed)}", _is_ready, train)
+
+
+def teacher_task(spec: TeacherSpec, task: TaskSpec) -> TaskSpec:
+    """The data a teacher trains on. Few labels (`task.labelled_samples`): `train_on: all` -- every
+    training label (a teacher that has seen more; the same rows as without the budget, so one teacher
+    serves every budget); `labelled` -- the student's labelled rows only. Never the extra unlabelled
+    source: it has no labels. Validation and test are the student's either way."""
+    if spec.train_on == "all":
+        return task.model_copy(update={"labelled_samples": None, "unlabelled": None})
+    return task.model_copy(update={"unlabelled": None})
 
 
 def _source_stamps(source: Path) -> dict[str, list[int]]:

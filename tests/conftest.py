@@ -1,4 +1,5 @@
-"""Fixtures shared by the test suite: the offline data folder and a real MLflow tracking server."""
+"""Fixtures shared by the test suite: the offline data folder, a real MLflow tracking server, and one small
+study finished once per session (for the tests that only read a finished study, and the study lock's)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from akd_ray.tracking.store import wait_healthy
 
@@ -122,3 +125,45 @@ def local_ray():
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(map(str, folders))}})
     yield ray
     ray.shutdown()
+
+
+@dataclass(frozen=True)
+class FinishedStudy:
+    study: Path  # the study file (tracked in the default SQLite store under its storage)
+    root: Path  # <storage>/<name>
+    first: subprocess.CompletedProcess  # the `tune` that ran it
+    second: subprocess.CompletedProcess  # a second `tune` of it, started while the first ran
+    second_s: float  # how long the second took to answer
+
+
+@pytest.fixture(scope="session")
+def finished_study(tmp_path_factory) -> FinishedStudy:
+    """test_run's tiny study (two pairs; scratch 1, kd 1, annealing 2 trials; 2 confirmation seeds) run
+    once by a real `akd-ray tune`; while it runs, a second `akd-ray tune` of the same study is started."""
+    from akd_ray.study.lock import holder_of
+    from test_run import ROOT, small_study  # tests/study: the tests that use this fixture live there
+
+    tmp = tmp_path_factory.mktemp("finished-study")
+    study = small_study(tmp, None)
+    data = yaml.safe_load(study.read_text())
+    data["search"]["trials"] = {"scratch": 1, "kd": 1, "annealing": 2}
+    data["search"]["confirm_seeds"] = 2
+    study.write_text(yaml.safe_dump(data, sort_keys=False))
+    root = tmp / "results" / "tiny"
+    command = [sys.executable, "-m", "akd_ray.cli", "tune", str(study)]
+    env = {**os.environ, "AKD_RAY_VERBOSE": "0"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with open(tmp / "first.out", "w+") as out, open(tmp / "first.err", "w+") as err:
+        first = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err, text=True, env=env)
+        deadline = time.monotonic() + 300
+        while (holder_of(root) or {}).get("pid") != first.pid:
+            assert first.poll() is None and time.monotonic() < deadline, "the first tune never took the lock"
+            time.sleep(0.2)
+        start = time.monotonic()
+        second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+        second_s = time.monotonic() - start
+        first.wait(timeout=1800)
+        out.seek(0), err.seek(0)
+        done = subprocess.CompletedProcess(command, first.returncode, out.read(), err.read())
+    assert done.returncode == 0, done.stderr[-3000:]
+    return FinishedStudy(study, root, done, second, second_s)

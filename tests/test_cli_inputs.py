@@ -243,6 +243,24 @@ CASES: dict[str, Case] = {
     "space: duplicate key": space("params:\n  lr: {type: float, low: 0.001, high: 0.01}\n  lr: {type: float, low: 1, high: 2}\n",
                                   "{space}:3:", "duplicate key 'lr': at line 2 and line 3"),
     "space: step schedule too short": study(at("train", "epochs", value=6), "{study}:", "leave 3 stage-I epoch(s)"),
+    "space: a knob for a method that ignores it": space(
+        SPACE + "  alpha: {type: float, low: 0.1, high: 0.9, methods: [kd, annealing]}\n",
+        "{space}:5: params.alpha: lists annealing, which never reads alpha; it is read by kd, takd"),
+    "space: a method's knob without `methods`": space(
+        SPACE + "  beta: {type: float, low: 0.1, high: 2.0}\n",
+        "{space}:5: params.beta: omits `methods`, so it goes to every method, including kd, annealing"),
+    # -- the Optuna storage
+    "optuna storage: not a URL": study(at("search", "optuna_storage", value="optuna.db"),
+                                       "{study}: search.optuna_storage: 'optuna.db' is not a database URL"),
+    "optuna storage: unknown scheme": study(at("search", "optuna_storage", value="redis://localhost/0"),
+                                            "{study}: search.optuna_storage: 'redis' is not a storage Optuna supports"),
+    "optuna storage: SQLite under a file": study(at("search", "optuna_storage", value="sqlite:///space.yaml/o.db"),
+                                                 "{study}: search.optuna_storage: {space} is a file"),
+    "optuna storage: in-memory SQLite": study(at("search", "optuna_storage", value="sqlite://"),
+                                              "search.optuna_storage: an in-memory SQLite database is lost"),
+    "optuna storage: server does not answer": study(
+        at("search", "optuna_storage", value="postgresql://akd@127.0.0.1:9/optuna"),
+        "{study}: search.optuna_storage: the postgresql server at 127.0.0.1:9 does not answer"),
     "warm start unknown field": study(at("search", "warm_start", value=[{"temperature": 3}]),
                                       "search.warm_start[0]: unknown field(s) ['temperature']"),
     # -- --set
@@ -275,6 +293,30 @@ CASES: dict[str, Case] = {
                                         prepare=image_folder(empty="train/class4")),
     "images: unreadable image": study(on_cifar, "{tmp}/images/test/class2/0.jpg: not a readable image",
                                       prepare=image_folder(broken="test/class2")),
+    # -- few labels (task.labelled_samples, task.unlabelled, teachers.*.train_on)
+    "few labels: budget larger than train": study(at("task", "labelled_samples", value=5000),
+                                                  "{study}: task.labelled_samples: 5000 labelled rows, but the training "
+                                                  "split has 1295 rows"),
+    "few labels: budget under the classes": study(at("task", "labelled_samples", value=7),
+                                                  "task.labelled_samples: 7 labelled rows, fewer than the 10 classes"),
+    "few labels: digits has no unlabelled source": study(
+        at("task", "unlabelled", value="more"), "task.unlabelled: digits has no extra unlabelled source",
+        prepare=lambda tmp: (tmp / "more").mkdir()),
+    "few labels: a loaded teacher's train_on": study(
+        both(at("teachers", "big", "prepare", value="load"), at("teachers", "big", "path", value="t.pt"),
+             at("teachers", "big", "train_on", value="all")),
+        "teachers.big.train_on: a teacher with prepare: load was trained elsewhere",
+        prepare=lambda tmp: _torch_save("tensors", tmp / "t.pt")),
+    "few labels: train_on labelled without a budget": study(at("teachers", "big", "train_on", value="labelled"),
+                                                            "teachers.big.train_on: labelled, but every training row"),
+    "GLUE: unlabelled TSV without the text column": study(
+        both(glue_study, at("task", "unlabelled", value="more.tsv")),
+        "task.unlabelled: {tmp}/more.tsv:1: no column(s) ['sentence']",
+        prepare=lambda tmp: (glue_files()(tmp), (tmp / "more.tsv").write_text("text\nsome film\n"))),
+    "images: unlabelled folder with a non-image": study(
+        both(on_cifar, at("task", "unlabelled", value="more")),
+        "task.unlabelled: {tmp}/more/a.png is not a readable image",
+        prepare=lambda tmp: (image_folder()(tmp), (tmp / "more").mkdir(), (tmp / "more" / "a.png").write_bytes(b"x"))),
     # -- models
     "hub id not cached, offline": study(both(glue_study, at("teachers", "lm", "model", "path", value="org/no-such-model")),
                                         "teachers.lm.model.path: not in the local cache and the hub is unreachable",
@@ -304,6 +346,8 @@ MACHINE_CASES = {"a GPU per trial on a CPU machine", "more CPUs per trial than t
 def _torch_save(obj, path: Path) -> None:
     import torch
 
+    if obj == "tensors":  # a state dict: names -> tensors
+        obj = {"w": torch.zeros(2)}
     torch.save(obj, path)
 
 
@@ -435,10 +479,11 @@ def test_cli_basics(tmp_path):
     assert short.returncode == 0
     text = " ".join(short.stdout.split())
     for phrase in ("Repeat it for several fields", "read as YAML", "Results go to <storage>/<name>/",
-                   "resumes the study", "tune.log", "--address", "--verbose"):
+                   "resumes the study", "tune.log", "--address", "--verbose", "--fresh", "a second one exits 2"):
         assert phrase in text, phrase
     ui = " ".join(run_cli(tmp_path, "ui", "-h").stdout.split())
-    for phrase in ("--open", "print the address of its answer", "recommended method, tau_max and mean in points"):
+    for phrase in ("--open", "--optuna", "print the address of its answer", "whether it is decided, its mean and interval",
+                   "MLflow's own output goes to <storage>/<name>/ui.log"):
         assert phrase in ui, phrase
     validate = " ".join(run_cli(tmp_path, "validate", "-h").stdout.split())
     assert "Exit 2: the study is wrong. Exit 0 with a warning" in validate

@@ -48,11 +48,14 @@ def _rank(rank: int, world: int, port: int, run: RunConfig, images: bool, out: s
         dist.destroy_process_group()
 
 
-def run_ranks(run: RunConfig, world: int, tmp_path, images: bool = False) -> list[dict]:
+def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_rank, args=(world, port, run, images, str(tmp_path)), nprocs=world)
+        return s.getsockname()[1]
+
+
+def run_ranks(run: RunConfig, world: int, tmp_path, images: bool = False) -> list[dict]:
+    mp.spawn(_rank, args=(world, _port(), run, images, str(tmp_path)), nprocs=world)
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
 
 
@@ -81,12 +84,14 @@ def test_two_ranks_train_one_model_through_annealing(teacher_dir, tmp_path):
     assert ranks[0]["result"]["test_metric"] > 0.5  # it learned: 10 classes
 
 
-def one_rank_vs_two(student, tmp_path, images: bool = False) -> tuple[list[dict], list[dict]]:
+def one_rank_vs_two(student, tmp_path, images: bool = False, method: str = "scratch", teacher_dir=None,
+                    **task) -> tuple[list[dict], list[dict]]:
     """The same 2-epoch SGD run on one process with the global batch of 64 and on two ranks with 32
     each: (one process's model state per epoch, the two ranks' results)."""
-    run = RunConfig(task=TASK.model_copy(update={"max_train_samples": 256}), student_model=student,
-                    method="scratch", train=TrainSpec(epochs=2, batch_size=64, optimizer="sgd", lr=0.1,
-                                                      lr_schedule="constant", precision="fp32", device="cpu"))
+    run = RunConfig(task=TASK.model_copy(update={"max_train_samples": 256, **task}), student_model=student,
+                    method=method, teacher_dir=teacher_dir, cache_dir=tmp_path / "cache",
+                    train=TrainSpec(epochs=2, batch_size=64, optimizer="sgd", lr=0.1,
+                                    lr_schedule="constant", precision="fp32", device="cpu"))
     one = []
     run_distillation(run, task=digit_images(run.task) if images else None,
                      on_epoch=lambda m, state: one.append(state()["model"]))
@@ -112,6 +117,54 @@ def test_two_ranks_with_half_the_batch_equal_one_rank_with_a_batchnorm_student(t
     statistics each half batch would be normalised by its own mean and the runs would part."""
     one, two = one_rank_vs_two(CNN(kind="cnn", channels=(8, 16)), tmp_path, images=True)
     assert any("running_var" in k for k in one[0]), "the student should have BatchNorm"
+    assert_ranks_match(one, two)
+
+
+def _bf16_batchnorm_rank(rank: int, world: int, port: int, x: torch.Tensor, out: str) -> None:
+    """One rank: GlobalBatchNorm in training, under CPU bf16 autocast, on this rank's rows of `x`."""
+    from akd_ray.distributed import GlobalBatchNorm
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        bn = GlobalBatchNorm(x.shape[1])
+        with torch.no_grad():
+            bn.weight.copy_(torch.linspace(0.5, 2.0, x.shape[1]))
+            bn.bias.copy_(torch.linspace(-1.0, 1.0, x.shape[1]))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = bn(x[rank::world])
+        torch.save({"y": y, "mean": bn.running_mean, "var": bn.running_var}, os.path.join(out, f"bn{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_global_batchnorm_keeps_fp32_statistics_for_bf16_input(tmp_path):
+    """257 bf16 rows over two ranks (129 + 128) with a large mean: in bf16 the count 257 rounds to 256 and
+    a sum near 12,900 is kept to the nearest 64. The statistics must be one process's fp32 BatchNorm's."""
+    g = torch.Generator().manual_seed(0)
+    x = (100.0 + torch.randn(257, 6, generator=g) * torch.linspace(0.5, 3.0, 6)).to(torch.bfloat16)
+    mp.spawn(_bf16_batchnorm_rank, args=(2, _port(), x, str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"bn{r}.pt", weights_only=True) for r in range(2)]
+
+    ref = torch.nn.BatchNorm1d(6)
+    with torch.no_grad():
+        ref.weight.copy_(torch.linspace(0.5, 2.0, 6))
+        ref.bias.copy_(torch.linspace(-1.0, 1.0, 6))
+    want = ref(x.float())  # the same bf16 values, in fp32, in one process
+    for r, got in enumerate(ranks):
+        assert got["y"].dtype == torch.bfloat16  # the output keeps the input's dtype
+        torch.testing.assert_close(got["y"].float(), want[r::2], rtol=1.6e-2, atol=1e-2)  # bf16's own rounding
+        # the running statistics are fp32 sums over 257 rows: one process's to fp32 rounding
+        torch.testing.assert_close(got["mean"], ref.running_mean, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(got["var"], ref.running_var, rtol=1e-5, atol=1e-6)
+
+
+def test_two_ranks_split_the_union_of_labelled_and_unlabelled_rows_as_one_rank(teacher_dir, tmp_path):
+    """Few labels (40 of 256 rows): KD's soft term on every row, its label term over the global batch's
+    labelled rows however the ranks' halves share them. Two ranks train the one process's model."""
+    one, two = one_rank_vs_two(MLP(kind="mlp", hidden=(32,)), tmp_path, method="kd", teacher_dir=teacher_dir,
+                               labelled_samples=40)
+    assert len(one) == 2
     assert_ranks_match(one, two)
 
 

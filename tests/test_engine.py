@@ -201,3 +201,66 @@ def test_the_best_model_s_test_predictions_are_saved_per_example(teacher_dir, tm
     assert np.array_equal(saved["label"], test.labels.numpy())
     # the file is the run's test verdict, example by example: its accuracy is the reported one
     assert math.isclose((saved["pred"] == saved["label"]).mean(), result["test_accuracy"], abs_tol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------- few labels
+FEW = TaskSpec(name="digits", labelled_samples=100)  # 100 of the 1,295 training rows labelled for the student
+FEW_SMALL = TaskSpec(name="digits", max_train_samples=400, labelled_samples=40)  # the same, quicker
+
+
+def poisoned(task):
+    """The task with every unlabelled row's label changed to another (still valid) class."""
+    import dataclasses
+
+    train = task.train
+    labels = torch.where(train.labelled, train.labels, (train.labels + 1) % 10)
+    return dataclasses.replace(task, train=dataclasses.replace(train, labels=labels))
+
+
+@pytest.mark.parametrize("method", ["scratch", "kd", "annealing", "prokd", "takd", "kd+layers", "annealing+minimax",
+                                    "layers"])
+def test_no_student_loss_reads_an_unlabelled_row_s_label(teacher_dir, assistant_dir, tmp_path, method):
+    task = load_task(FEW_SMALL)
+    runs = []
+    for t in (task, poisoned(task)):
+        history = []
+        run = student_run(teacher_dir, method, tmp_path, assistant_dir, epochs=4, tau_max=2, stage1_fraction=0.5,
+                          minimax_steps=1).model_copy(update={"task": FEW_SMALL})
+        result = run_distillation(run, task=t, on_epoch=lambda m, s: history.append(m["train_loss"]))
+        runs.append((history, result["test_metric"]))
+    assert not torch.equal(task.train.labels, poisoned(task).train.labels)
+    assert runs[0] == runs[1]  # every epoch's loss, and the test metric, exactly as with the true labels
+
+
+def test_teacher_terms_use_every_row_and_label_terms_the_labelled_ones():
+    from akd_ray.engine import epoch_batches
+
+    split = load_task(FEW).train
+    every, rows = epoch_batches(split, labels_only=False, seed=1, epoch=0, batch_size=64)
+    assert rows is None and sorted(torch.cat(every).tolist()) == list(range(len(split)))  # the union, once each
+    labelled_only, rows = epoch_batches(split, labels_only=True, seed=1, epoch=0, batch_size=64)
+    assert len(labelled_only) == len(every)  # the same steps for every method
+    drawn = rows[torch.cat(labelled_only)]
+    assert split.labelled[drawn].all()  # scratch and stage II: labelled rows only
+    assert set(drawn.bincount(minlength=len(split))[split.labelled].tolist()) == {12, 13}  # 1,295 / 100 each
+    assert len(torch.cat(labelled_only).unique()) == len(split)  # distinct positions: a fresh view per repeat
+
+
+@pytest.mark.parametrize("loss", ["kd", "anneal"])
+def test_kd_and_stage_one_read_the_teacher_on_unlabelled_rows(loss):
+    """Changing the teacher's logits on an unlabelled row changes KD's and stage I's loss."""
+    from akd_ray.engine import Stage, batch_loss
+
+    model = torch.nn.Linear(4, 3)
+    inputs, labels = {"x": torch.randn(4, 4)}, torch.tensor([0, 1, 2, 0])
+    labelled = torch.tensor([True, False, False, True])
+    z_t = torch.randn(4, 3)
+    moved = z_t.clone()
+    moved[1] += torch.tensor([3.0, -3.0, 0.0])  # row 1 is unlabelled
+
+    def loss_with(teacher):
+        return batch_loss(Stage(loss, 2, 1), lambda **kw: model(kw["x"]), inputs, labels, lambda: teacher,
+                          TrainSpec(tau_max=2), 2.0 if loss == "anneal" else None, torch.autocast("cpu", enabled=False),
+                          False, None, labelled)
+
+    assert not torch.allclose(loss_with(z_t), loss_with(moved))

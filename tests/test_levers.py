@@ -77,6 +77,35 @@ def test_the_layer_maps_train_and_resume_with_the_student(digits_teacher, tmp_pa
     assert resumed["val_best"] == full["val_best"] and resumed["test_metric"] == full["test_metric"]
 
 
+@pytest.mark.parametrize("method", ["minimax", "kd+minimax", "annealing+minimax"])
+def test_the_workers_ascent_raises_the_loss_its_method_trains_on_the_perturbed_samples(digits_teacher, tmp_path,
+                                                                                      method):
+    """Through the worker (`Levers.perturb`, the stage the engine plans): one ascent step raises the very
+    term `Levers.term` adds -- T^2 KL at kd_temperature, or stage I's MSE at phi(tau_max), early in stage I."""
+    from akd_ray.levers import build_levers
+    from akd_ray.method import perturbed_loss, phi
+    from akd_ray.models import build_model, logits_of
+    from akd_ray.tasks import load_task
+
+    run = digits_run(digits_teacher, method, tmp_path, minimax_steps=1, minimax_eps=0.1, kd_temperature=4.0,
+                     tau_max=4)
+    torch.manual_seed(0)
+    task, cpu = load_task(DIGITS), torch.device("cpu")
+    student = build_model(run.student_model, task)
+    lever = build_levers(run, task, student, cpu)
+    inputs, _ = task.batch(task.train, torch.arange(128), cpu)
+    stage = plan(run)[0]
+    p = phi(run.train.tau_max, run.train.tau_max) if stage.loss == "anneal" else None  # 1 / tau_max
+    off = torch.autocast("cpu", enabled=False)
+    _, _, delta = lever.perturb(stage.loss, student, inputs, p, off)
+    with torch.no_grad():
+        def loss(d):
+            x = {"x": inputs["x"] + d}
+            return perturbed_loss(stage.loss, logits_of(student, x), logits_of(lever.teacher, x), p, 4.0).item()
+        assert loss(delta) > 1.05 * loss(torch.zeros_like(delta))
+    assert delta.abs().amax().item() == pytest.approx(0.1)  # one sign step of 2.5 eps, clamped to the L-inf ball
+
+
 # ---------------------------------------------------------------------------------------- SST-2, MiniLM
 @pytest.fixture(scope="module")
 def sst2(sst2_rows) -> TaskSpec:

@@ -259,8 +259,8 @@ def test_stage_one_shorter_than_tau_max_high_is_caught_before_ray(tmp_path):
 def test_stage_split_check_uses_the_lowest_searched_fraction_and_epochs(tmp_path):
     space = ("params:\n"
              "  epochs: {type: int, low: 10, high: 40}\n"
-             "  stage1_fraction: {type: float, low: 0.3, high: 0.7}\n"
-             "  tau_max: {type: int, low: 2, high: 4}\n")
+             "  stage1_fraction: {type: float, low: 0.3, high: 0.7, methods: [annealing]}\n"
+             "  tau_max: {type: int, low: 2, high: 4, methods: [annealing]}\n")
     _, study = study_with(tmp_path, space)  # 10 epochs x 0.3 = 3 stage-I epochs < 4
     with pytest.raises(ConfigError, match=r"leave 3 stage-I epoch\(s\), fewer than tau_max up to 4"):
         validate(study)
@@ -272,7 +272,7 @@ def test_stage_split_check_uses_the_lowest_searched_fraction_and_epochs(tmp_path
     ("long enough run", {"epochs": 20}, None, TAU_UP_TO_10),
     ("no step schedule", {"schedule": "cosine"}, None, TAU_UP_TO_10),
     ("step not among the searched shapes", {}, None,
-     TAU_UP_TO_10 + "  schedule: {type: categorical, choices: [linear, exp]}\n"),
+     TAU_UP_TO_10 + "  schedule: {type: categorical, choices: [linear, exp], methods: [annealing]}\n"),
     ("no annealing method", {}, {"kd": 1, "scratch": 1}, TAU_UP_TO_10),
 ])
 def test_stage_split_check_applies_only_when_the_step_schedule_can_run(tmp_path, case, train, trials, space):
@@ -299,3 +299,19 @@ def test_a_bad_space_fails_validate_naming_the_space_file(tmp_path):
         validate(study)
     assert str(err.value).startswith(f"{tmp_path / 'space.yaml'}: ")
     assert "params.alpha: value 1.5 is not valid" in str(err.value)
+
+
+def test_a_knob_goes_only_to_the_methods_that_read_it(tmp_path):
+    """config.KNOBS + RECIPE_KNOBS decide; a `when` on a parameter a method never gets counts as a scope."""
+    scoped = "  schedule: {type: categorical, choices: [cosine, exp], methods: [annealing]}\n"
+    _, study = study_with(tmp_path, TAU_UP_TO_10 + scoped + "  decay: {type: float, low: 1, high: 4, when: {schedule: [exp]}}\n"
+                          "  lr: {type: float, low: 0.001, high: 0.01}\n", train={"epochs": 30})
+    assert set(validate(study).params) == {"tau_max", "schedule", "decay", "lr"}  # decay: annealing only, via when
+    path, study = study_with(tmp_path, TAU_UP_TO_10 + "  decay: {type: float, low: 1, high: 4}\n", train={"epochs": 30})
+    with pytest.raises(ConfigError, match=rf"^{tmp_path / 'space.yaml'}:3: params.decay: omits `methods`, so it goes to "
+                                          r"every method, including kd, which never reads decay; it is read by "
+                                          r"annealing, prokd, annealing\+layers, annealing\+minimax"):
+        validate(study)
+    _, study = study_with(tmp_path, "params:\n  kd_temperature: {type: float, low: 1, high: 8, methods: [kd, minimax]}\n",
+                          trials={"kd": 1, "minimax": 1})
+    validate(study)  # minimax reads kd_temperature (its divergence at T), per the table

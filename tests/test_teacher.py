@@ -196,3 +196,17 @@ def test_takd_trials_share_one_assistant_per_study_trained_with_its_own_recipe(t
                               study.seed, on_epoch=lambda m, s: history.append(m["epoch"]))
     assert again == folder and history == [0, 1, 2]  # ready: not trained again
     assert run_distillation(trials[0])["test_metric"] > 0.3
+
+
+def test_a_teacher_trains_on_all_labels_or_the_student_s_labelled_rows(tmp_path):
+    from akd_ray.config import MLP
+    from akd_ray.teacher import recipe_fingerprint, teacher_task
+
+    few = TaskSpec(name="digits", labelled_samples=100)
+    on_all = TeacherSpec(model=MLP(kind="mlp", hidden=(8,)))
+    on_labelled = on_all.model_copy(update={"train_on": "labelled"})
+    assert teacher_task(on_all, few) == TaskSpec(name="digits")  # every budget shares the one teacher
+    assert teacher_task(on_labelled, few) == few
+    assert load_task(teacher_task(on_labelled, few)).train.labelled.sum() == 100
+    assert recipe_fingerprint(on_all, teacher_task(on_all, few)) != recipe_fingerprint(
+        on_labelled, teacher_task(on_labelled, few))

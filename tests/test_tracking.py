@@ -234,7 +234,7 @@ def test_tune_trials_become_child_runs_once(mlflow_server, local_ray, tmp_path, 
         history = client.get_metric_history(kd.info.run_id, "train_loss")
         assert [(m.step, m.value) for m in history] == [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]
         assert [m.step for m in client.get_metric_history(kd.info.run_id, "temperature")] == [0, 1, 2]
-        assert kd.data.metrics["test_metric"] == 0.66 and kd.data.metrics["final"] == 1
+        assert kd.data.metrics["test_metric"] == 66.0 and kd.data.metrics["final"] == 1  # points, as read
         assert "note" not in kd.data.metrics and "pid" not in kd.data.metrics
         failed = runs["scratch"]
         assert failed.info.status == "FAILED" and failed.data.tags[tracking.OUTCOME_TAG] == "failed"
@@ -322,7 +322,7 @@ def test_results_survive_a_server_outage(mlflow_server, tmp_path, caplog):
     run = client.get_run(resumed.run_id("abc_00000"))
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [0, 1, 2]
     assert run.info.status == "FINISHED" and run.data.tags[tracking.OUTCOME_TAG] == "finished"
-    assert run.data.metrics["test_metric"] == 0.9 and "pid" not in run.data.metrics
+    assert run.data.metrics["test_metric"] == 90.0 and "pid" not in run.data.metrics
     assert [m.step for m in client.get_metric_history(run.info.run_id, "test_metric")] == [2]  # the last epoch
 
 
@@ -390,7 +390,7 @@ def test_report_and_teacher_fingerprints_land_on_the_study_run(mlflow_server, tm
     client = MlflowClient(mlflow_server.uri)
     run = client.get_run(parent)
     assert run.data.tags["teacher.mlp-64.fingerprint"] == "0123abcd"
-    assert run.data.metrics["teacher.mlp-64.val"] == 0.9 and run.data.metrics["teacher.mlp-64.majority_val"] == 0.1
+    assert run.data.metrics["teacher.mlp-64.val"] == 90.0 and run.data.metrics["teacher.mlp-64.majority_val"] == 10.0
     assert run.data.tags["verdict.mlp-64.mlp-4"] == "scratch is best"
     assert run.data.tags["recommended.mlp-64.mlp-4"] == "scratch"
     assert run.data.tags["mlflow.note.content"].endswith("# verdict\n")  # the run's description in the UI
@@ -443,7 +443,7 @@ def test_pair_runs_and_the_registry_read_at_a_glance(tmp_path, student_dir, digi
     for v in verdicts:
         pair = tracking.pair_run(client, parent, v.teacher, v.student)
         trial = client.create_run(experiment_id, tags={"mlflow.parentRunId": pair})
-        client.log_metric(trial.info.run_id, "test_metric", 0.97125)
+        client.log_metric(trial.info.run_id, "test_metric", 97.125)  # points, as the callback logs it
         tracking.register_best(study, (v.teacher, v.student), trial.info.run_id, student_dir, digits, pick=v)
     tracking.log_picks(parent, verdicts)
     tracking.log_report(parent, [], verdicts)
@@ -458,6 +458,11 @@ def test_pair_runs_and_the_registry_read_at_a_glance(tmp_path, student_dir, digi
         run = pairs[f"{v.teacher}->{v.student}"]
         best = v.methods[v.best]
         assert run.data.metrics["pick.mean"] == pytest.approx(100 * best.mean, abs=0.01)  # points
+        assert all(round(x, 2) == x for x in run.data.metrics.values() if x == x)  # 2 decimals
+        assert run.data.metrics["pick.ci95_low"] <= run.data.metrics["pick.mean"] <= run.data.metrics["pick.ci95_high"]
+        certainty = "decided" if v.decided else "not decided (no method clearly better)"
+        assert run.data.tags["recommended"] == f"{report.describe(v.best, best.config)} — {certainty}"
+        assert run.data.tags["decided"] == str(v.decided).lower()
         assert run.data.metrics[f"gain_over_{v.best}"] == 0
         for m, (diff, _, _) in v.differences.items():
             assert run.data.metrics[f"gain_over_{m}"] == pytest.approx(100 * diff, abs=0.01)
@@ -478,7 +483,9 @@ def test_pair_runs_and_the_registry_read_at_a_glance(tmp_path, student_dir, digi
     assert note[0].startswith("- **mlp-16 ← mlp-64**: Annealing-KD tau_max 4, cosine, 98.30 ± ")
     assert note[1].startswith("- **mlp-2 ← mlp-64**: scratch, 86.50 ± ")
     view = json.loads(client.get_experiment(experiment_id).tags[VIEW_TAG])
-    assert view["searchFilter"] == "tags.`akd.level` = 'pair'" and "metrics.`pick.mean`" in view["selectedColumns"]
+    assert view["searchFilter"] == "tags.`akd.level` = 'pair'"
+    assert view["columnOrder"][:5] == ["tags.`recommended`", "tags.`decided`", "metrics.`pick.mean`",  # certainty first
+                                       "metrics.`pick.ci95_low`", "metrics.`pick.ci95_high`"]
     url = study_url(study, "http://127.0.0.1:5000")
     assert url == (f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?viewStateShareKey=akd-ray-pairs"
                    "&workflowType=machine_learning")
@@ -492,3 +499,25 @@ def test_trial_names_say_what_the_trial_tried():
     assert trial_name({"method": "kd", "alpha": 0.5, "kd_temperature": 4.0, "tau_max": 4, "phase": "search"},
                       "abc12_00011") == "kd α0.5 T4 #11"
     assert trial_name({"method": "scratch", "phase": "confirm", "seed": 5}, "x_00001") == "scratch seed 5"
+
+
+def test_what_a_person_reads_in_mlflow_is_in_points_and_params_to_3_significant_digits():
+    from akd_ray.tracking.store import shown_metric, shown_param
+
+    assert shown_metric("test_metric", 0.971234) == 97.12 and shown_metric("val_best", 0.5) == 50.0
+    assert shown_metric("val_mcc", -0.25) == -25.0 and shown_metric("stage_best", 0.123456) == 12.35
+    assert shown_metric("train_loss", 0.1234567) == 0.1234567  # not a task metric: as it is
+    assert shown_metric("temperature", 3.5) == 3.5
+    assert [shown_param(v) for v in (0.0106153607, 4, 1e-5, 0.5, "cosine", float("nan"))] == \
+        ["0.0106", "4", "1e-05", "0.5", "cosine", "nan"]
+
+
+def test_akd_ray_ui_hands_the_server_the_names_mlflow_server_reads():
+    """`serve_store` starts what `mlflow server` starts, with the environment it sets: the names must be MLflow's."""
+    from mlflow.environment_variables import MLFLOW_SERVER_ENABLE_JOB_EXECUTION, _MLFLOW_SGI_NAME
+    from mlflow.server.constants import BACKEND_STORE_URI_ENV_VAR, REGISTRY_STORE_URI_ENV_VAR
+
+    from akd_ray.tracking.ui import SERVER_ENV
+
+    assert SERVER_ENV == {"store": BACKEND_STORE_URI_ENV_VAR, "registry": REGISTRY_STORE_URI_ENV_VAR,
+                          "server": _MLFLOW_SGI_NAME.name, "jobs": MLFLOW_SERVER_ENABLE_JOB_EXECUTION.name}

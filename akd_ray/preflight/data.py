@@ -16,6 +16,7 @@ GLUE_HUB_DATASET = "nyu-mll/glue"
 
 def check_data(study: Study, downloads: list[str], notes: list[str]) -> None:
     task = study.task
+    check_unlabelled(study)
     if task.is_glue:
         name = task.name.removeprefix("glue/")
         if task.data_dir is not None:
@@ -117,3 +118,85 @@ def check_image_folder(root: Path, name: str, where: str) -> None:
     if classes["train"] != classes["test"]:
         diff = sorted(set(classes["train"]) ^ set(classes["test"]))
         raise PreflightError(f"{where}: train/ and test/ have different class folders: {diff}")
+
+
+# ---------------------------------------------------------------------------------------- few labels
+def check_unlabelled(study: Study) -> None:
+    """Few labels: the labelled budget against the training rows and the classes, the extra unlabelled
+    source's format, and each teacher's `train_on` against what it can read."""
+    task = study.task
+    for name, teacher in study.teachers.items():
+        if "train_on" not in teacher.model_fields_set:
+            continue
+        where = field_of(study, f"teachers.{name}.train_on")
+        if teacher.prepare == "load":
+            raise PreflightError(f"{where}: a teacher with prepare: load was trained elsewhere, on labels akd-ray "
+                                 "cannot choose; remove train_on (valid only with prepare: train)")
+        if teacher.train_on == "labelled" and task.labelled_samples is None:
+            raise PreflightError(f"{where}: labelled, but every training row is labelled (task.labelled_samples is "
+                                 "not set); set task.labelled_samples, or train_on: all")
+    if task.unlabelled is not None:
+        check_unlabelled_source(study)
+    if task.labelled_samples is not None:
+        check_label_budget(study)
+
+
+def check_label_budget(study: Study) -> None:
+    from akd_ray.tasks import train_labels  # torch
+
+    task, n = study.task, study.task.labelled_samples
+    where = field_of(study, "task.labelled_samples")
+    labels = train_labels(task)
+    if labels is not None and n > len(labels):
+        raise PreflightError(f"{where}: {n} labelled rows, but the training split has {len(labels)} rows (after "
+                             "task.val_fraction and task.max_train_samples); valid: 1 to " f"{len(labels)}")
+    classes = _classes(task.name) if labels is None else len(labels.unique()) if not labels.is_floating_point() else 1
+    if n < classes:
+        raise PreflightError(f"{where}: {n} labelled rows, fewer than the {classes} classes; each class needs at "
+                             f"least one (valid: {classes} or more)")
+
+
+def _classes(task: str) -> int:
+    if task.startswith("glue/"):
+        from akd_ray.tasks.glue import GLUE_FORMATS
+        fmt = GLUE_FORMATS[task.removeprefix("glue/")]
+        return 1 if fmt.classes is None else len(fmt.classes)
+    return {"digits": 10, "cifar10": 10, "cifar100": 100}[task]
+
+
+def check_unlabelled_source(study: Study) -> None:
+    """`task.unlabelled`: a UTF-8 TSV with the GLUE task's text columns, or a folder of readable 32x32 images."""
+    task = study.task
+    path, where = Path(task.unlabelled), field_of(study, "task.unlabelled")
+    if task.is_glue:
+        from akd_ray.tasks.glue import GLUE_FORMATS, tsv_rows
+
+        fmt = GLUE_FORMATS[task.name.removeprefix("glue/")]
+        try:
+            path.read_bytes().decode("utf-8-sig")
+            rows, _, _ = tsv_rows(path, fmt, unlabelled=True)
+        except UnicodeDecodeError:
+            raise PreflightError(f"{where}: {path} is not UTF-8 text; expected a TSV with the column(s) "
+                                 f"{list(fmt.text)}") from None
+        except ValueError as e:
+            raise PreflightError(f"{where}: {e} (a TSV of unlabelled rows needs a header with {list(fmt.text)})") from None
+        if not rows:
+            raise PreflightError(f"{where}: {path} has no data rows under its header")
+    elif task.name in ("cifar10", "cifar100"):
+        from PIL import Image, UnidentifiedImageError
+
+        files = sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
+        if not files:
+            raise PreflightError(f"{where}: {path} holds no images; expected a folder of 32x32 images")
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    size = im.size
+            except (OSError, UnidentifiedImageError) as e:
+                raise PreflightError(f"{where}: {f} is not a readable image ({type(e).__name__}); expected a folder "
+                                     "of 32x32 images") from None
+            if size != (32, 32):
+                raise PreflightError(f"{where}: {f} is a {size[0]}x{size[1]} image; {task.name} images are 32x32")
+    else:
+        raise PreflightError(f"{where}: {task.name} has no extra unlabelled source (valid for GLUE tasks: a TSV; "
+                             "for cifar10/cifar100: a folder of images); use task.labelled_samples alone")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from akd_ray.config import ConfigError, ModelSpec, Study, TrainSpec, levers, two_stage
+from akd_ray.config import (KNOBS, RECIPE_KNOBS, ConfigError, ModelSpec, Origins, Study, TrainSpec, levers, load_yaml,
+                            method_knobs, two_stage)
 from akd_ray.method.schedules import stage_split, step_period
 from akd_ray.preflight.errors import PreflightError, field_of
 from akd_ray.space import STUDENT, Space, check_student_fields, load_space
@@ -13,6 +14,7 @@ def check_space(study: Study) -> Space:
     space = load_space(study.search.space)
     where = f"{study.source}"
     check_student_fields(space, study)
+    check_knob_owners(space, study)
     for method in study.search.methods:
         params = space.for_method(method)
         if two_stage(method):
@@ -37,6 +39,27 @@ def check_space(study: Study) -> Space:
         if unknown:
             raise ConfigError(f"{where}: search.warm_start[{i}]: unknown field(s) {sorted(unknown)}")
     return space
+
+
+def check_knob_owners(space: Space, study: Study) -> None:
+    """Every searched knob goes only to methods that read it (config.KNOBS + RECIPE_KNOBS, the table the
+    verdict uses): a knob a method ignores would spend that method's budget searching nothing. Fields no
+    method owns (e.g. `epochs`) and student-family fields are not in the table and pass."""
+    owned = {k for knobs in KNOBS.values() for k in knobs} | set(RECIPE_KNOBS)
+    asked: dict[str, set[str]] = {}  # the methods a parameter is really asked for: a `when` on a parameter
+    for name, p in space.params.items():  # a method never gets (decay on schedule) leaves it out too
+        asked[name] = set(p.methods).intersection(*(asked[other] for other in p.when))
+        if name not in owned:
+            continue
+        ignoring = [m for m in study.search.methods if m in asked[name] and name not in method_knobs(m)]
+        if not ignoring:
+            continue
+        users = [m for m in KNOBS if name in method_knobs(m)]
+        _, lines = load_yaml(space.source, "search space")
+        where = Origins(str(space.source), lines).of(("params", name, "methods"))
+        listed = "lists" if "methods" in p.model_fields_set else "omits `methods`, so it goes to every method, including"
+        raise ConfigError(f"{where}: params.{name}: {listed} {', '.join(ignoring)}, which never read{'s' * (len(ignoring) == 1)} "
+                          f"{name}; it is read by {', '.join(users)}: set methods to those of the study among them")
 
 
 def lever_refusal(method: str, model: ModelSpec, role: str) -> str | None:

@@ -4,6 +4,8 @@ confirm the picks over seeds, and hand every result to tracking and the report.
 One job per file:
 
     layout.py     where a study keeps its things; the names the rooms share      (no Ray)
+    lock.py       one study, one owner: the study lock `tune` holds            (no Ray)
+    fingerprint.py  a changed study detected on rerun; --fresh                     (no Ray)
     signals.py    Ctrl-C / SIGTERM -> Tune's graceful stop -> `Interrupted`       (no Ray)
     cluster.py    the study against the cluster: does a trial fit, how many at once
     resumable.py  save/restore for searchers and schedulers whose state pickles
@@ -26,6 +28,8 @@ from typing import Any
 _EXPORTS = {
     "layout": ("Layout", "METRIC", "MODE", "STAGE_BEST", "IDENTITY", "STATE_FILE", "STUDENT_DIR", "PREDICTIONS_FILE",
                "optuna_storage", "optuna_study_name"),
+    "lock": ("StudyLock", "StudyRunning", "holder_of"),
+    "fingerprint": ("StudyChanged", "check_rerun"),
     "signals": ("Interrupted", "Signals"),
     "cluster": ("check_resources",),
     "scheduler": ("GroupedHalving", "group_of", "progress"),

@@ -3,6 +3,8 @@ two-objective variant, and the fixed points of the confirmation phase."""
 
 from __future__ import annotations
 
+import warnings
+
 import optuna
 from optuna.samplers import TPESampler
 from ray.tune.search import Searcher
@@ -53,6 +55,10 @@ class PairedSearch(Resumable):
                     sampler=TPESampler(seed=study.seed + 1000 * i + j, multivariate=True),
                     points_to_evaluate=[p for p in warm if p] or None,
                     **({"storage": rdb, "study_name": name} if rdb is not None else {}))
+                if rdb is not None:  # optuna-dashboard then says what each objective is, not "Objective 0"
+                    with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        self.groups[key]._ot_study.set_metric_names(objective_names(study))
                 self.budget[key] = budget[method]
                 self.started[key] = 0
         self.warm_from_pairs = study.search.warm_start_from_pairs
@@ -107,6 +113,17 @@ class PairedSearch(Resumable):
                 # own points_to_evaluate too
                 self.groups[key]._ot_study.enqueue_trial(point)
             self.seeded.add(key)
+
+
+def objective_names(study: Study) -> list[str]:
+    """What each Optuna objective is, as optuna-dashboard shows it: the validation metric (the best
+    epoch's, a fraction), and a family's student cost."""
+    from akd_ray.tasks.metrics import TASK_METRICS
+
+    names = [f"validation {TASK_METRICS[study.task.name][0]} (best epoch, 0-1)"]
+    if study.family is not None:
+        names.append("student parameters" if study.family.cost == "parameters" else "student latency (ms)")
+    return names
 
 
 class FamilySearch(PairedSearch):

@@ -1,4 +1,9 @@
-"""What every task hands the worker: three labelled splits held as tensors, and how to batch them.
+"""What every task hands the worker: three splits held as tensors, and how to batch them.
+
+Validation and test are labelled. Training may be partly unlabelled for the student (few labels):
+its `labelled` mask says which rows' labels a student loss may read; the other rows (the rest of
+train past `task.labelled_samples`, and any extra unlabelled source, whose labels are -1 or NaN)
+serve the teacher's terms only. Every epoch is drawn over the whole training split, the union.
 
 Data stays in memory as tensors (uint8 images, token ids, floats) and batches are gathered by
 index, so the worker needs no DataLoader and augmentation is a deterministic function of
@@ -24,17 +29,25 @@ class Split:
     # (N,) tokens per row where rows vary in length (text): batches are then drawn from rows of
     # similar length, so little of a batch is padding; None where every row costs the same
     lengths: torch.Tensor | None = None
+    # (N,) bool: the rows whose label a student loss may read; None: every row (a fully labelled split)
+    labelled: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def to(self, device: torch.device | str) -> "Split":
         return Split({k: v.to(device) for k, v in self.features.items()}, self.labels.to(device),
-                     None if self.lengths is None else self.lengths.to(device))
+                     *(None if t is None else t.to(device) for t in (self.lengths, self.labelled)))
 
     def subset(self, idx: torch.Tensor) -> "Split":
         return Split({k: v[idx] for k, v in self.features.items()}, self.labels[idx],
-                     None if self.lengths is None else self.lengths[idx])
+                     *(None if t is None else t[idx] for t in (self.lengths, self.labelled)))
+
+    def labelled_rows(self) -> torch.Tensor:
+        """Positions of the rows whose labels a student may read, ascending."""
+        if self.labelled is None:
+            return torch.arange(len(self))
+        return self.labelled.cpu().nonzero().squeeze(1)
 
 
 @dataclass(frozen=True)
@@ -129,6 +142,55 @@ def split_off(split: Split, fraction: float, seed: int = 0, stratify: bool = Tru
     keep = torch.ones(len(labels), dtype=torch.bool)
     keep[held_idx] = False
     return split.subset(keep.nonzero().squeeze(1)), split.subset(held_idx)
+
+
+def label_budget(split: Split, n: int | None, seed: int = 0) -> Split:
+    """`split` with only `n` of its labelled rows still labelled: a stratified draw (each class keeps
+    its share, largest remainders rounded up, at least one row per class), reproducible from `seed`.
+
+    Rows already unlabelled stay so. Regression targets are drawn at random, unstratified.
+    """
+    if n is None:
+        return split
+    pool = split.labelled_rows()
+    if n > len(pool):
+        raise ValueError(f"a labelled budget of {n} rows, but the training split has {len(pool)} labelled rows")
+    g = torch.Generator().manual_seed(seed)
+    labels = split.labels[pool].cpu()
+    if labels.is_floating_point():
+        chosen = pool[torch.randperm(len(pool), generator=g)[:n]]
+    else:
+        classes, counts = labels.unique(return_counts=True)
+        if n < len(classes):
+            raise ValueError(f"a labelled budget of {n} rows is fewer than the {len(classes)} classes")
+        exact = counts.double() * n / len(pool)
+        quota = exact.floor().long().clamp_min(1)
+        order = (exact - exact.floor()).argsort(descending=True, stable=True)
+        for i in order.tolist():  # largest remainders first, up to the budget (never down past one a class)
+            if quota.sum() >= n:
+                break
+            quota[i] += 1
+        for i in order.flip(0).tolist():  # the at-least-one rule can overshoot: take back from the largest
+            if quota.sum() <= n:
+                break
+            if quota[i] > 1:
+                quota[i] -= 1
+        chosen = torch.cat([pool[(labels == c).nonzero().squeeze(1)][torch.randperm(int(k), generator=g)[:int(q)]]
+                            for c, k, q in zip(classes, counts, quota)])
+    mask = torch.zeros(len(split), dtype=torch.bool)
+    mask[chosen] = True
+    return dataclasses.replace(split, labelled=mask)
+
+
+def with_unlabelled(split: Split, extra: dict[str, torch.Tensor], lengths: torch.Tensor | None = None) -> Split:
+    """`split` followed by `extra` rows that have no label (-1, or NaN for regression) and are unlabelled."""
+    n = len(next(iter(extra.values())))
+    fill = torch.full((n,), float("nan")) if split.labels.is_floating_point() else torch.full((n,), -1)
+    labelled = split.labelled if split.labelled is not None else torch.ones(len(split), dtype=torch.bool)
+    return Split({k: torch.cat([v, extra[k]]) for k, v in split.features.items()},
+                 torch.cat([split.labels, fill.to(split.labels.dtype)]),
+                 None if split.lengths is None else torch.cat([split.lengths, lengths]),
+                 torch.cat([labelled, torch.zeros(n, dtype=torch.bool)]))
 
 
 def take(split: Split, n: int | None, seed: int = 0) -> Split:

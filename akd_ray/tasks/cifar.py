@@ -34,7 +34,7 @@ import torch
 
 from akd_ray.cache import tensors_once
 from akd_ray.config import TaskSpec
-from akd_ray.tasks.base import Augment, Inputs, Split, TaskData, split_off, take
+from akd_ray.tasks.base import Augment, Inputs, Split, TaskData, split_off, take, with_unlabelled
 
 PAD = 4  # pixels of zero padding on each side before the random crop
 # per-channel mean and std of the training images in [0, 1]
@@ -58,9 +58,12 @@ def load_cifar_task(spec: TaskSpec, cache_dir: Path | None = None) -> TaskData:
         (train, test), classes = _from_torchvision(spec.name, Path(spec.download_dir).expanduser())
         source = f"torchvision:{spec.download_dir}"
     train, val = split_off(train, spec.val_fraction, seed=VAL_SEED)
+    train = take(train, spec.max_train_samples, seed=SAMPLE_SEED)
+    if spec.unlabelled is not None:  # extra unlabelled images follow the training rows
+        train = with_unlabelled(train, {"x": decode_images(unlabelled_images(Path(spec.unlabelled)))})
     return TaskData(
         name=spec.name, num_labels=NUM_CLASSES[spec.name], metric="accuracy",
-        train=take(train, spec.max_train_samples, seed=SAMPLE_SEED),
+        train=train,
         val=take(val, spec.max_eval_samples, seed=SAMPLE_SEED),
         test=take(test, spec.max_eval_samples, seed=SAMPLE_SEED),
         to_inputs=CifarInputs(spec.name, spec.augment), augments=spec.augment,
@@ -182,6 +185,14 @@ def decode_images(files: list[str] | list[Path]) -> torch.Tensor:
     with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
         list(pool.map(one, range(len(files)), chunksize=256))  # list(): re-raises a worker's error here
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def unlabelled_images(folder: Path) -> list[str]:
+    """`task.unlabelled` for CIFAR: the image files of a folder (its subfolders too, any names), sorted."""
+    files = sorted(str(f) for f in Path(folder).rglob("*") if f.is_file() and not f.name.startswith("."))
+    if not files:
+        raise ValueError(f"{folder}: no images (task.unlabelled: a folder of 32x32 images)")
+    return files
 
 
 def read_image_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor, list[str], list[Path]]:

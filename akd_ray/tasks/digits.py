@@ -11,6 +11,8 @@ from akd_ray.tasks.base import Split, TaskData, split_off, take
 def load_digits_task(spec: TaskSpec) -> TaskData:
     from sklearn.datasets import load_digits
 
+    if spec.unlabelled is not None:
+        raise ValueError("task.unlabelled: digits has no extra unlabelled source; use task.labelled_samples")
     bunch = load_digits()
     x = torch.tensor(bunch.data, dtype=torch.float32) / 16.0  # pixel counts 0..16 -> [0, 1]
     y = torch.tensor(bunch.target, dtype=torch.int64)

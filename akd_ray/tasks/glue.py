@@ -89,18 +89,20 @@ class RawSplit:
 
 
 # ---------------------------------------------------------------------------------------- reading
-def tsv_rows(path: Path, fmt: GlueFormat) -> tuple[list[tuple[int, list[str]]], list[int], int]:
+def tsv_rows(path: Path, fmt: GlueFormat, unlabelled: bool = False) -> tuple[list[tuple[int, list[str]]], list[int], int]:
     """One GLUE TSV file, as the loader (and the preflight check) reads it: `(line, [text..., label])`
     per data row, the lines with too few fields (skipped), and how many fields a row needs.
+    `unlabelled`: a file of extra unlabelled examples (`task.unlabelled`): a header naming the task's
+    text columns (CoLA's too), any label column ignored; rows are `(line, [text...])`.
 
     QUOTE_NONE because GLUE text is not quoted: MRPC and MNLI rows hold bare `"` characters that
     a quoting reader would take as field delimiters, silently merging rows. `utf-8-sig` drops the
     byte-order mark some MRPC copies start with, which would otherwise glue onto the first column name.
     """
-    wanted = (*fmt.text, fmt.label)
+    wanted = fmt.text if unlabelled else (*fmt.text, fmt.label)
     with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = list(fmt.columns) if fmt.columns else next(reader, None)
+        header = list(fmt.columns) if fmt.columns and not unlabelled else next(reader, None)
         if header is None:
             raise ValueError(f"{path}: empty file; expected a header row with {list(wanted)}")
         missing = [c for c in wanted if c not in header]
@@ -132,6 +134,20 @@ def _read_tsv(path: Path, fmt: GlueFormat) -> RawSplit:
     columns = list(zip(*(fields for _, fields in rows)))
     texts = tuple(list(col) for col in columns[:-1])
     return RawSplit(texts, _labels(columns[-1], fmt, str(path)))
+
+
+def read_unlabelled_tsv(path: Path, fmt: GlueFormat) -> RawSplit:
+    """`task.unlabelled`: extra examples with the task's text columns; their labels are unknown
+    (-1, or NaN for a regression task), and no student loss reads them."""
+    rows, short_lines, needed = tsv_rows(path, fmt, unlabelled=True)
+    if short_lines:
+        warnings.warn(f"{path}: skipped {len(short_lines)} row(s) with fewer than {needed} fields "
+                      f"(first at line {short_lines[0]})", stacklevel=2)
+    if not rows:
+        raise ValueError(f"{path}: no data rows")
+    texts = tuple(list(col) for col in zip(*(fields for _, fields in rows)))
+    fill = torch.full((len(rows),), float("nan")) if fmt.classes is None else torch.full((len(rows),), -1)
+    return RawSplit(texts, fill)
 
 
 def _labels(values: tuple[str, ...], fmt: GlueFormat, where: str) -> torch.Tensor:
@@ -247,8 +263,9 @@ def examples_key(spec: TaskSpec) -> str:
     task = spec.name.removeprefix("glue/")
     data = (_hash(*[(f.name, f.read_bytes()) for f in _data_files(spec.data_dir, task)])
             if spec.data_dir is not None else _hash("hub", HUB_DATASET, task))
+    extra = _hash(Path(spec.unlabelled).read_bytes()) if spec.unlabelled is not None else None
     return _hash(spec.name, data, spec.val_fraction, spec.max_train_samples, spec.max_eval_samples,
-                 spec.max_seq_length, SPLIT_SEED)
+                 spec.max_seq_length, SPLIT_SEED, *([extra] if extra else []))
 
 
 def load_glue_task(spec: TaskSpec, tokenizer_path: str, cache_dir: Path | None = None) -> TaskData:
@@ -273,7 +290,7 @@ def load_glue_task(spec: TaskSpec, tokenizer_path: str, cache_dir: Path | None =
         saved = tensors_once(Path(cache_dir) / "glue" / f"{task}-{key}.pt", build, valid=lambda s: s.get("key") == key)
     else:
         saved = build()
-    splits = {name: Split(s["features"], s["labels"], s["features"]["attention_mask"].sum(1))
+    splits = {name: Split(s["features"], s["labels"], s["features"]["attention_mask"].sum(1), s.get("labelled"))
               for name, s in saved["splits"].items()}
     return TaskData(
         name=spec.name,
@@ -287,6 +304,12 @@ def load_glue_task(spec: TaskSpec, tokenizer_path: str, cache_dir: Path | None =
         info={"tokenizer": tokenizer_path},
         examples=examples,
     )
+
+
+def train_rows(raw: RawSplit, spec: TaskSpec) -> tuple[Split, Split]:
+    """Which rows of GLUE's train set are the student's train and val: (train, val) as row numbers."""
+    train, val = split_off(Split({"row": torch.arange(len(raw))}, raw.labels), spec.val_fraction, seed=SPLIT_SEED)
+    return take(train, spec.max_train_samples, seed=SPLIT_SEED), val
 
 
 def _tokenized_splits(spec: TaskSpec, tokenizer_path: str) -> dict[str, dict]:
@@ -309,9 +332,16 @@ def _tokenized_splits(spec: TaskSpec, tokenizer_path: str) -> dict[str, dict]:
         return {"features": _tokenize(tokenizer, raw[name], chosen.features["row"], spec.max_seq_length),
                 "labels": chosen.labels}
 
-    train, val = split_off(rows_of(raw["train"]), spec.val_fraction, seed=SPLIT_SEED)
-    train = take(train, spec.max_train_samples, seed=SPLIT_SEED)
+    train, val = train_rows(raw["train"], spec)
     evals = {name: take(rows_of(raw[name]), spec.max_eval_samples, seed=SPLIT_SEED) for name in fmt.evals}
-    return {"train": tokenized("train", train),
+    union = tokenized("train", train)
+    if spec.unlabelled is not None:  # tokenized with train, so both share one width; its rows follow train's
+        extra = read_unlabelled_tsv(Path(spec.unlabelled), fmt)
+        raw["train+"] = RawSplit(tuple(a + b for a, b in zip(raw["train"].texts, extra.texts)),
+                                 torch.cat([raw["train"].labels, extra.labels]))
+        rows = torch.cat([train.features["row"], len(raw["train"]) + torch.arange(len(extra))])
+        union = tokenized("train+", Split({"row": rows}, torch.cat([train.labels, extra.labels])))
+        union["labelled"] = torch.arange(len(rows)) < len(train)
+    return {"train": union,
             "val": tokenized("train", take(val, spec.max_eval_samples, seed=SPLIT_SEED)),
             **{name: tokenized(name, rows) for name, rows in evals.items()}}

@@ -88,9 +88,10 @@ def majority_baseline(task, split) -> float:
     """The primary metric of always predicting the most common training label (a regression task:
     the training mean, which correlates with nothing: 0). What a teacher must clearly beat."""
     n = len(split)
+    known = task.train.labels[task.train.labelled_rows().to(task.train.labels.device)]  # few labels: those only
     if task.is_regression:
-        logits = torch.full((n, 1), float(task.train.labels.float().mean()))
+        logits = torch.full((n, 1), float(known.float().mean()))
     else:
-        common = int(task.train.labels.cpu().bincount(minlength=task.num_labels).argmax())
+        common = int(known.cpu().bincount(minlength=task.num_labels).argmax())
         logits = torch.nn.functional.one_hot(torch.full((n,), common), task.num_labels).float()
     return compute_metrics(task.name, logits, split.labels)[task.metric]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import re
 import time
 import uuid
@@ -23,8 +22,8 @@ from ray.tune import Callback
 
 from akd_ray.config import METHODS, Study, base_method
 from akd_ray.tracking.store import (ERROR_TAG, MAX_PARAM_CHARS, OUTCOME_TAG, PERMANENT, STUDY_RUN_TAG, TRIAL_TAG, _clip,
-                                    _is_number, _log_batch, _now_ms, _reason, callback_env, client_for, study_dir,
-                                    tracking_uri)
+                                    _is_number, _log_batch, _now_ms, _reason, callback_env, client_for, shown_metric,
+                                    shown_param, study_dir, tracking_uri)
 from akd_ray.tracking.study_run import pair_run
 
 log = logging.getLogger(__name__)
@@ -89,11 +88,11 @@ class MlflowCallback(Callback):
         if state.ended:  # started again after it ended (a retry): the run is running again
             state.calls.append(["running"])
             state.ended = False
-        state.calls.append(["params", {k: _param_text(v) for k, v in trial.config.items()}])
+        state.calls.append(["params", {k: shown_param(v) for k, v in trial.config.items()}])
         self._try_flush()
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        metrics = {_metric_key(k): float(v) for k, v in result.items() if k not in TUNE_KEYS and _is_number(v)}
+        metrics = {_metric_key(k): shown_metric(k, v) for k, v in result.items() if k not in TUNE_KEYS and _is_number(v)}
         step = int(result["epoch"]) if "epoch" in result else None  # None: at the last epoch (the final result)
         self._state(trial).calls.append(["metrics", step, metrics, _now_ms(), bool(result.get("final"))])
         self._try_flush()
@@ -299,10 +298,6 @@ def trial_name(config: dict, trial_id: str) -> str:
 
 def _metric_key(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-. /]", "_", key)
-
-
-def _param_text(v: Any) -> str:
-    return repr(v) if isinstance(v, float) and not math.isfinite(v) else str(v)
 
 
 def _error_text(trial) -> str:

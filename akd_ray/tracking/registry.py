@@ -19,7 +19,7 @@ import akd_ray
 from akd_ray.config import Study, TaskSpec
 from akd_ray.models import SPEC_FILE
 from akd_ray.tasks.base import TaskData
-from akd_ray.tracking.store import ALIAS, client_for, env_defaults, tracking_uri
+from akd_ray.tracking.store import ALIAS, client_for, env_defaults, shown_param, tracking_uri
 from akd_ray.tracking.student import STUDENT_ARTIFACT, StudentModel, input_shape, text_columns
 
 MODEL_CODE = '''"""An akd-ray student as an MLflow pyfunc (models from code): see akd_ray.tracking.student."""
@@ -82,9 +82,9 @@ def register_best(study: Study, pair: tuple[str, str], run_id: str, checkpoint_d
     version = str(info.registered_model_version)
     client.set_registered_model_alias(name, ALIAS, version)
     metrics = client.get_run(run_id).data.metrics
-    one_run = metrics.get("test_metric")
+    one_run = metrics.get("test_metric")  # already in points (store.shown_metric)
     for k, v in {"study": study.name, "teacher": teacher, "student": student, "run_id": run_id,
-                 "run.test_metric": "" if one_run is None else f"{100 * one_run:.2f}"}.items():
+                 "run.test_metric": "" if one_run is None else f"{one_run:.2f}"}.items():
         client.set_model_version_tag(name, version, k, str(v))
     describe_version(client, name, version, pick)
     return client.get_model_version(name, version)
@@ -109,7 +109,7 @@ def describe_version(client, name: str, version: str, pick) -> None:
                           "confirmed.ci_high": f"{100 * best.high:.2f}"})
     text = (f"{100 * best.mean:.2f} ± {100 * best.std:.2f} points (95% CI {100 * best.low:.2f}…{100 * best.high:.2f}, "
             f"{best.n} seeds)" if best.n > 1 else f"{100 * best.mean:.2f} points (1 run)")
-    pick_tags = {"pick.method": pick.best, **{f"pick.{k}": str(v) for k, v in best.config.items()},
+    pick_tags = {"pick.method": pick.best, **{f"pick.{k}": shown_param(v) for k, v in best.config.items()},
                  "verdict": pick.text, **confirmed}
     for k, v in pick_tags.items():
         client.set_model_version_tag(name, version, k, str(v))

@@ -141,18 +141,42 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (str, bytes))
 
 
-def wait_healthy(process, url: str, timeout_s: float, every_s: float = 0.3) -> str | None:
-    """Wait until the MLflow server `process` started answers `<url>/health`: None once it does, else
-    why not ("exited with N", or "did not answer /health within T s"). Used by `akd-ray ui` and the
-    tests' server alike."""
+# what a person reads in MLflow: a task metric in points (x100, 2 decimals), a parameter to 3 significant
+# digits. The report, trials.json and Tune keep the fractions and full values.
+def _fraction_keys() -> frozenset[str]:
+    from akd_ray.tasks.metrics import TASK_METRICS
+
+    names = {m for _, every in TASK_METRICS.values() for m in every} | {"metric", "best"}
+    return frozenset({*(f"{split}_{m}" for split in ("val", "test") for m in names), "stage_best"})
+
+
+FRACTION_KEYS = _fraction_keys()  # a trial's metrics that are fractions of the task's metric
+
+
+def shown_metric(key: str, value: float) -> float:
+    """A trial's metric as MLflow shows it: a task metric in points, 2 decimals; anything else as it is."""
+    return round(100 * float(value), 2) if key in FRACTION_KEYS else float(value)
+
+
+def shown_param(value: Any) -> str:
+    """A parameter as MLflow shows it: a float to 3 significant digits (0.0106, 4, 1e-05), anything else as text."""
+    if isinstance(value, (float, np.floating)) and np.isfinite(value):
+        return f"{float(value):.3g}"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def wait_healthy(process, url: str, timeout_s: float, every_s: float = 0.3, path: str = "/health") -> str | None:
+    """Wait until the MLflow server `process` started answers `<url><path>`: None once it does, else
+    why not ("exited with N", or "did not answer /health within T s"). Used by `akd-ray ui` (for
+    optuna-dashboard too, on `path` "/") and the tests' server alike."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             return f"exited with {process.returncode}"
         try:
-            if requests.get(f"{url}/health", timeout=1).status_code == 200:
+            if requests.get(f"{url}{path}", timeout=1).status_code == 200:
                 return None
         except requests.RequestException:
             pass
         time.sleep(every_s)
-    return f"did not answer /health within {timeout_s:.0f} s"
+    return f"did not answer {path} within {timeout_s:.0f} s"

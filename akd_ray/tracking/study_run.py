@@ -17,7 +17,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, ML
 import akd_ray
 from akd_ray.config import Study
 from akd_ray.tracking.store import (ALIAS, PAIR_LEVEL, PAIR_LEVEL_TAG, PAIR_TAG, STUDY_RUN_TAG, STUDY_TAG, TrackingError, _is_number, _log_batch,
-                                    _now_ms, check_reachable, client_for, study_dir, tracking_uri)
+                                    _now_ms, check_reachable, client_for, shown_param, study_dir, tracking_uri)
 
 log = logging.getLogger(__name__)
 # MLflow 3's UI opens an experiment by its kind: without this tag, on the GenAI overview ("Traces: 0");
@@ -100,11 +100,11 @@ def log_picks(parent_run_id: str, verdicts: list) -> None:
     "MLflow"), numbers in points (x100) like the report's text:
 
     params   `pick.method`, `pick.<knob>` (tau_max, schedule, ...)
-    metrics  `pick.mean`, `pick.std`, `pick.ci_low`, `pick.ci_high` (95% t-interval), `pick.seeds`;
+    metrics  `pick.mean`, `pick.std`, `pick.ci95_low`, `pick.ci95_high` (95% t-interval), `pick.seeds`;
              `<method>.mean` and `gain_over_<method>` (pick - method on test, the paired-bootstrap
              interval at the Holm-corrected level in `gain_over_<method>.ci_low` / `.ci_high`) for
              every method of the study: 0 for the pick itself, NaN where a method has no result
-    tags     `recommended` (the pick in words), `verdict`, `decided` (true: ahead of every other
+    tags     `recommended` (the pick in words, and whether it is decided), `verdict`, `decided` (true: ahead of every other
              method on validation beyond noise, nothing missing), `registered_model`
              (`models:/<name>/<version>`)
     note     the run's description: the verdict and a table of every method (`pair_note`)
@@ -118,14 +118,15 @@ def log_picks(parent_run_id: str, verdicts: list) -> None:
     for v in verdicts:
         run_id = pair_run(client, parent_run_id, v.teacher, v.student)
         best = v.methods.get(v.best) if v.best else None
-        params = {"pick.method": v.best or "none", **{f"pick.{k}": val for k, val in (best.config if best else {}).items()}}
+        params = {"pick.method": v.best or "none",
+                  **{f"pick.{k}": shown_param(val) for k, val in (best.config if best else {}).items()}}
         held = client.get_run(run_id).data.params
         changed = sorted(k for k, val in params.items() if k in held and held[k] != str(val))
         if changed:  # MLflow params are immutable: the verdict tag says what the pick is now
             log.warning("pair run %s keeps its first %s; the new pick is in its `verdict` tag", run_id, changed)
         model = _registered(client, study_name, v.teacher, v.student)
         tags = {"verdict": v.text, "decided": str(v.decided).lower(),
-                "recommended": describe(v.best, best.config) if best else "none",
+                "recommended": recommended(v),
                 MLFLOW_RUN_NOTE: pair_note(v, model)}
         if model is not None:
             tags["registered_model"] = model
@@ -135,14 +136,25 @@ def log_picks(parent_run_id: str, verdicts: list) -> None:
         client.set_terminated(run_id, status="FINISHED")
 
 
+def recommended(v) -> str:
+    """The pick in words and how certain it is: `Annealing-KD tau_max 4, cosine — decided`, or
+    `scratch — not decided (no method clearly better)`: the first column of the UI's pair view."""
+    from akd_ray.verdict import describe
+
+    best = v.methods.get(v.best) if v.best else None
+    if best is None:
+        return "none — no method has a result"
+    return f"{describe(v.best, best.config)} — " + ("decided" if v.decided else "not decided (no method clearly better)")
+
+
 def pair_metrics(v) -> dict[str, float]:
     """A verdict's numbers under the names every pair run shares (see `log_picks`), in points."""
     nan = math.nan
     best = v.methods.get(v.best) if v.best else None
-    out = {"pick.mean": nan, "pick.std": nan, "pick.ci_low": nan, "pick.ci_high": nan, "pick.seeds": 0.0}
+    out = {"pick.mean": nan, "pick.std": nan, "pick.ci95_low": nan, "pick.ci95_high": nan, "pick.seeds": 0.0}
     if best is not None:
-        out.update({"pick.mean": 100 * best.mean, "pick.std": 100 * best.std, "pick.ci_low": 100 * best.low,
-                    "pick.ci_high": 100 * best.high, "pick.seeds": float(best.n)})
+        out.update({"pick.mean": 100 * best.mean, "pick.std": 100 * best.std, "pick.ci95_low": 100 * best.low,
+                    "pick.ci95_high": 100 * best.high, "pick.seeds": float(best.n)})
     for m, r in v.methods.items():
         key = m.replace("+", "-")  # MLflow metric names take no '+': 'annealing+layers' -> 'annealing-layers'
         out[f"{key}.mean"] = 100 * r.mean if r.n else nan
@@ -253,7 +265,7 @@ def _user() -> str:
 def log_teachers(parent_run_id: str, fingerprints: dict[str, str], quality: dict[str, dict]) -> None:
     """Which teacher weights the study distilled from (tags `teacher.<name>.fingerprint`) and what they
     score beside the majority-class baseline (metrics `teacher.<name>.val`, `...majority_val`, ...)."""
-    metrics = [Metric(f"teacher.{n}.{k}", float(v), _now_ms(), 0)
+    metrics = [Metric(f"teacher.{n}.{k}", round(100 * float(v), 2), _now_ms(), 0)  # points, like every score
                for n, q in quality.items() for k, v in q.items() if _is_number(v)]
     _log_batch(client_for(), parent_run_id, metrics=metrics,
                tags={f"teacher.{n}.fingerprint": fp for n, fp in fingerprints.items()})

@@ -1,5 +1,6 @@
-"""The levers' formulas against hand-computed values: layer pairs, the layer-matching MSE (same and
-different widths and depths, projected, normalised), the minimax ascent and its losses."""
+"""The levers' formulas against hand-computed values: layer pairs, the layer-matching term (same and
+different widths and depths, projected, normalised; one size at every width), the minimax ascent on
+each stage's own divergence and its losses."""
 
 from __future__ import annotations
 
@@ -53,41 +54,64 @@ def test_a_side_without_hidden_layers_or_an_unknown_mapping_is_refused():
 
 
 # ---------------------------------------------------------------------------------------- the loss
-def test_same_widths_mean_of_pairwise_mse_by_hand():
-    s = [torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 0.0]])]
-    t = [torch.tensor([[1.0, 0.0]]), torch.tensor([[3.0, 1.0]]), torch.tensor([[2.0, 2.0]]), torch.tensor([[0.0, 4.0]])]
-    # uniform 2 -> 4: (0,1), (1,3). MSE([1,2],[3,1]) = (4+1)/2 = 2.5; MSE([0,0],[0,4]) = 16/2 = 8
-    assert layer_matching_loss(s, t, layer_pairs("uniform", 2, 4)).item() == pytest.approx((2.5 + 8) / 2)
-    # last 2 -> 4: (0,2), (1,3). MSE([1,2],[2,2]) = 0.5; 8
-    assert layer_matching_loss(s, t, layer_pairs("last", 2, 4)).item() == pytest.approx((0.5 + 8) / 2)
+def test_same_widths_mean_over_pairs_of_the_summed_squared_distance_of_unit_vectors_by_hand():
+    s = [torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])]
+    t = [torch.tensor([[1.0, 0.0]]), torch.tensor([[3.0, 3.0]]), torch.tensor([[5.0, 0.0]]),
+         torch.tensor([[0.0, -4.0]])]
+    # uniform 2 -> 4: (0,1), (1,3). [1,0] vs [1,1]/sqrt2: 2 - 2 cos 45deg = 2 - sqrt2; [0,1] vs [0,-1]: |[0,2]|^2 = 4
+    assert layer_matching_loss(s, t, layer_pairs("uniform", 2, 4)).item() == pytest.approx((2 - math.sqrt(2) + 4) / 2)
+    # last 2 -> 4: (0,2), (1,3). [1,0] vs [1,0]: 0; 4
+    assert layer_matching_loss(s, t, layer_pairs("last", 2, 4)).item() == pytest.approx((0 + 4) / 2)
 
 
-def test_different_widths_go_through_the_projection_by_hand():
-    s = [torch.tensor([[1.0, 2.0], [0.0, 1.0]])]                       # width 2, batch 2
-    t = [torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]), torch.tensor([[3.0, 0.0, 1.0], [1.0, 1.0, 1.0]])]
-    W = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])              # P(h) = W h: [a, b, a+b]
+def test_different_widths_go_through_the_projection_and_the_batch_is_averaged_by_hand():
+    s = [torch.tensor([[1.0, 0.0], [0.0, 1.0]])]                       # width 2, batch 2
+    t = [torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]), torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 2.0]])]
+    W = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])              # P(h) = W h: [a, b, a]
     project = lambda i, h, width: h @ W.T  # noqa: E731
-    # uniform 1 -> 2: student 0 <-> teacher 1. P(s) = [[1,2,3],[0,1,1]]
-    # squared errors: [[4,4,4],[1,0,0]] -> mean 13/6
-    assert layer_matching_loss(s, t, layer_pairs("uniform", 1, 2), project).item() == pytest.approx(13 / 6)
+    # uniform 1 -> 2: student 0 <-> teacher 1. P(s) = [[1,0,1],[0,1,0]]; example 1: the same direction, 0;
+    # example 2: [0,1,0] vs [0,0,1], orthogonal: 2. Mean over the batch: 1
+    assert layer_matching_loss(s, t, layer_pairs("uniform", 1, 2), project).item() == pytest.approx(1.0)
 
 
-def test_transformer_states_are_l2_normalised_on_both_sides():
-    s = [torch.tensor([[3.0, 4.0]])]   # -> [0.6, 0.8]
-    t = [torch.tensor([[0.0, 2.0]])]   # -> [0, 1]
-    # ((0.6)^2 + (0.2)^2) / 2 = 0.2, and a scale change of either side changes nothing
-    assert layer_matching_loss(s, t, [(0, 0)], normalise=True).item() == pytest.approx(0.2)
-    assert layer_matching_loss([10 * s[0]], t, [(0, 0)], normalise=True).item() == pytest.approx(0.2)
-    assert layer_matching_loss(s, t, [(0, 0)]).item() == pytest.approx((9 + 4) / 2)
+def test_the_term_is_scale_free_on_both_sides():
+    s, t = [torch.tensor([[3.0, 4.0]])], [torch.tensor([[0.0, 2.0]])]   # [0.6, 0.8] vs [0, 1]
+    want = 0.6 ** 2 + 0.2 ** 2                                          # = 2 - 2 * 0.8
+    assert layer_matching_loss(s, t, [(0, 0)]).item() == pytest.approx(want)
+    assert layer_matching_loss([10 * s[0]], [0.1 * t[0]], [(0, 0)]).item() == pytest.approx(want)
+
+
+@pytest.mark.parametrize("angle", [0.3, 1.0, 2.0])
+def test_the_term_has_one_size_at_every_width_for_the_same_angle(angle):
+    """PKD's summed distance of unit vectors is 2 - 2 cos(angle) at width 16, 256 or 768 alike; a mean
+    over the width (F.mse_loss) would be 48x weaker at 768 than at 16."""
+    g = torch.Generator().manual_seed(0)
+    sizes = {}
+    for width in (16, 256, 768):
+        a = torch.randn(32, width, generator=g)
+        b = torch.randn(32, width, generator=g)
+        b = b - (b * a).sum(-1, keepdim=True) / a.pow(2).sum(-1, keepdim=True) * a     # orthogonal to a
+        u, v = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+        s = 3.0 * (math.cos(angle) * u + math.sin(angle) * v)                          # at `angle` to a, any norm
+        sizes[width] = layer_matching_loss([s], [5.0 * a], [(0, 0)]).item()
+    assert max(sizes.values()) / min(sizes.values()) < 1.01
+    assert sizes[768] == pytest.approx(2 - 2 * math.cos(angle), rel=1e-4)
 
 
 # ---------------------------------------------------------------------------------------- minimax
-def test_divergence_is_the_per_example_kl_and_zero_where_the_models_agree():
+def test_divergence_is_each_stages_own_loss_per_example():
     z_t = torch.tensor([[0.0, math.log(3.0)], [1.0, 1.0]])   # p_t = [1/4, 3/4], [1/2, 1/2]
     z_s = torch.tensor([[0.0, 0.0], [1.0, 1.0]])              # p_s = [1/2, 1/2] twice
     kl = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
-    assert divergence(z_s, z_t).tolist() == pytest.approx([kl, 0.0], abs=1e-6)
-    assert divergence(torch.tensor([[2.0]]), torch.tensor([[-1.0]])).tolist() == pytest.approx([9.0])
+    assert divergence("kd", z_s, z_t, None, 1.0).tolist() == pytest.approx([kl, 0.0], abs=1e-6)
+    assert divergence("ce", z_s, z_t, None, 1.0).tolist() == pytest.approx([kl, 0.0], abs=1e-6)  # a lone minimax
+    # at T = 2: T^2 KL(softmax(z_t / 2) || softmax(z_s / 2)); p_t^2 = [1, sqrt3] / (1 + sqrt3)
+    q = 1 / (1 + math.sqrt(3))
+    kl2 = q * math.log(q / 0.5) + (1 - q) * math.log((1 - q) / 0.5)
+    assert divergence("kd", z_s, z_t, None, 2.0).tolist() == pytest.approx([4 * kl2, 0.0], abs=1e-6)
+    # Annealing-KD's stage I: mean over classes of (z_s - phi z_t)^2, phi = 0.5: [(0 + (log 3 / 2)^2) / 2, 0.25]
+    assert divergence("anneal", z_s, z_t, 0.5, 4.0).tolist() == pytest.approx([(math.log(3) / 2) ** 2 / 2, 0.25])
+    assert divergence("kd", torch.tensor([[2.0]]), torch.tensor([[-1.0]]), None, 4.0).tolist() == pytest.approx([9.0])
 
 
 def test_projection_back_into_the_ball():
@@ -113,7 +137,7 @@ def test_ascent_raises_the_divergence_it_maximises_and_stays_inside_eps(norm, st
     eps = 0.2
 
     def objective(delta):
-        return divergence(student(x + delta), teacher(x + delta))
+        return divergence("kd", student(x + delta), teacher(x + delta), None, 1.0)
 
     clean = objective(torch.zeros_like(x)).sum().item()
     delta = ascend(objective, x, eps, steps, norm)
@@ -135,3 +159,24 @@ def test_perturbed_loss_by_stage():
     assert perturbed_loss("kd", z_s, z_t, None, T).item() == pytest.approx(T * T * kl)
     assert perturbed_loss("ce", z_s, z_t, None, T).item() == pytest.approx(T * T * kl)  # a lone minimax
     assert perturbed_loss("kd", torch.tensor([[1.0]]), torch.tensor([[3.0]]), None, T).item() == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("method, stage_loss, phi", [("minimax", "ce", None), ("kd+minimax", "kd", None),
+                                                     ("annealing+minimax", "anneal", 0.25)])
+def test_one_ascent_step_raises_each_methods_own_loss_on_the_perturbed_samples(method, stage_loss, phi):
+    """The ascent maximises what the method then minimises: T^2 KL at kd_temperature (kd, a lone minimax),
+    stage I's MSE to phi(T) z_t (annealing, phi small as early in stage I)."""
+    student, teacher, x = _pair(1)
+    T, eps = 4.0, 0.1
+
+    def own(delta):
+        return divergence(stage_loss, student(x + delta), teacher(x + delta), phi, T)
+
+    def loss(delta):
+        return perturbed_loss(stage_loss, student(x + delta), teacher(x + delta), phi, T).item()
+
+    delta = ascend(own, x, eps, 1, "linf")
+    assert loss(delta) > 1.05 * loss(torch.zeros_like(x))
+    if stage_loss == "anneal":  # early in stage I, the old ascent (KL at T = 1) raises stage I's MSE less
+        old = ascend(lambda d: divergence("kd", student(x + d), teacher(x + d), None, 1.0), x, eps, 1, "linf")
+        assert loss(delta) > loss(old)

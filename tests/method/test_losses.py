@@ -143,3 +143,36 @@ def test_the_method_imports_without_ray_mlflow_optuna_or_transformers():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.split("\n")[:2] == ["[]", "True"]
+
+
+# ---------------------------------------------------------------------------------------- few labels
+def test_label_terms_average_over_the_labelled_rows_and_soft_terms_over_every_row():
+    s, t = torch.randn(6, 3), torch.randn(6, 3)
+    labels, labelled = torch.tensor([0, 2, 1, 1, 0, 2]), torch.tensor([True, False, True, False, False, True])
+    rows = labelled.nonzero().squeeze(1)
+    ce = torch.nn.functional.cross_entropy(s[rows], labels[rows])
+    soft = torch.nn.functional.kl_div(torch.log_softmax(s / 2, -1), torch.log_softmax(t / 2, -1),
+                                      reduction="batchmean", log_target=True)  # all 6 rows
+    assert torch.allclose(hard_label_loss(s, labels, labelled), ce)
+    assert torch.allclose(kd_loss(s, t, labels, 0.3, 2.0, labelled), 0.7 * ce + 0.3 * 4 * soft)
+    # the normaliser a caller gives (DDP: the global batch's labelled count per rank) replaces the local count
+    assert torch.allclose(hard_label_loss(s, labels, labelled, torch.tensor(6.0)), ce * 3 / 6)
+    assert hard_label_loss(s, labels, torch.zeros(6, dtype=torch.bool)) == 0  # no labelled row: no label term
+
+
+def test_an_unlabelled_row_s_label_reaches_neither_the_loss_nor_a_gradient():
+    s, t = torch.randn(5, 1, requires_grad=True), torch.randn(5, 1)
+    labelled = torch.tensor([True, True, False, True, False])
+    clean = torch.tensor([0.5, 1.0, 2.0, 3.0, 4.0])
+    poisoned = torch.where(labelled, clean, torch.tensor(float("nan")))  # what an extra unlabelled source holds
+    grads = []
+    for labels in (clean, poisoned):
+        s.grad = None
+        loss = regression_kd_loss(s, t, labels, 0.4, labelled)
+        loss.backward()
+        assert torch.isfinite(loss)
+        grads.append((loss.detach(), s.grad.clone()))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    z = torch.randn(5, 4)
+    assert torch.equal(hard_label_loss(z, torch.tensor([1, 2, 3, 0, 1]), labelled),
+                       hard_label_loss(z, torch.tensor([1, 2, -1, 0, -1]), labelled))  # -1: no label at all

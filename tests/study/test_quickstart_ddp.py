@@ -44,6 +44,6 @@ def test_quickstart_with_two_workers_per_trial(tmp_path, mlflow_server):
     assert len(children) == len(rows)
     for run in children:
         assert run.info.status == "FINISHED"
-        assert run.data.metrics["test_metric"] > 0.5
+        assert run.data.metrics["test_metric"] > 50  # points
         epochs = client.get_metric_history(run.info.run_id, "train_loss")
         assert sorted({m.step for m in epochs}) == list(range(12)), run.data.tags.get("akd.method")

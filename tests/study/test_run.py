@@ -137,35 +137,30 @@ def test_bad_resources_fail_before_any_trial_or_run(tmp_path, mlflow_server):
     assert not (tmp_path / "results/nogpu/tune").exists()
 
 
-def test_default_store_report_and_ui_show_the_study(tmp_path):
-    """The embedded default: a SQLite store under the study's storage, browsed with `akd-ray ui`."""
+def test_default_store_report_and_ui_show_the_study(finished_study):
+    """The embedded default: a SQLite store under the study's storage, browsed with `akd-ray ui` (the
+    session's finished study, tests/conftest.py)."""
     import socket
     import time
 
     import requests
 
-    study = small_study(tmp_path, None)
-    data = yaml.safe_load(study.read_text())
-    data["search"]["trials"] = {"kd": 1, "annealing": 1}
-    data["search"]["confirm_seeds"] = 0
-    data["students"] = {"mlp-8": {"kind": "mlp", "hidden": [8]}}
-    study.write_text(yaml.safe_dump(data, sort_keys=False))
-    assert tune(study).returncode == 0
-    assert (tmp_path / "results/tiny/mlflow.db").exists()
+    study, root = finished_study.study, finished_study.root
+    assert (root / "mlflow.db").exists()
 
     report = subprocess.run([sys.executable, "-m", "akd_ray.cli", "report", str(study)], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr
-    assert "mlp-128 → mlp-8: " in report.stdout
+    assert "mlp-128 → mlp-8: " in report.stdout and "mlp-128 → mlp-4: " in report.stdout
     for png in ("metric_vs_tau_max.png", "capacity_gap.png", "schedule.png"):
-        assert (tmp_path / "results/tiny/report" / png).stat().st_size > 1000
+        assert (root / "report" / png).stat().st_size > 1000
+    trials = json.loads((root / "report/trials.json").read_text())
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ui = subprocess.Popen([sys.executable, "-m", "akd_ray.cli", "ui", str(study), "--port", str(port)], cwd=ROOT,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                          env={**__import__("os").environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    ui = subprocess.Popen([sys.executable, "-m", "akd_ray.cli", "ui", str(study), "--port", str(port), "--optuna"],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
         deadline = time.monotonic() + 120
@@ -182,17 +177,26 @@ def test_default_store_report_and_ui_show_the_study(tmp_path):
         parents = [t for t in tags if "mlflow.parentRunId" not in t]
         pairs = [t for t in tags if "akd.pair" in t]
         children = [t for t in tags if "akd.trial_id" in t]
-        assert len(parents) == 1 and len(pairs) == 1 and len(children) == 2
+        assert len(parents) == 1 and len(pairs) == 2 and len(children) == len(trials)
         assert exp["tags"] and {t["key"]: t["value"] for t in exp["tags"]}["mlflow.experimentKind"] == \
             "custom_model_development"  # the UI opens it on its training runs
         models = requests.get(f"{api}/registered-models/search", timeout=10).json()["registered_models"]
         best = [m for m in models if m["name"].startswith("tiny-")]
-        assert len(best) == 1 and any(a["alias"] == "best" for a in best[0].get("aliases", []))
-        version = requests.get(f"{api}/registered-models/alias", params={"name": best[0]["name"], "alias": "best"},
-                               timeout=10).json()["model_version"]
-        tags = {t["key"]: t["value"] for t in version.get("tags", [])}
-        assert tags["pick.method"] in ("kd", "annealing") and "not confirmed over seeds" in tags["verdict"]
-        assert version["description"].startswith(("KD alpha", "Annealing-KD tau_max"))
+        assert len(best) == 2 and all(any(a["alias"] == "best" for a in m.get("aliases", [])) for m in best)
+        for model in best:
+            version = requests.get(f"{api}/registered-models/alias", params={"name": model["name"], "alias": "best"},
+                                   timeout=10).json()["model_version"]
+            tags = {t["key"]: t["value"] for t in version.get("tags", [])}
+            assert tags["pick.method"] in ("scratch", "kd", "annealing") and tags["verdict"]
+            assert version["description"].startswith(("scratch", "KD alpha", "Annealing-KD tau_max"))
+        # --optuna: optuna-dashboard on the study's Optuna storage, each search's objective named
+        printed = [ui.stdout.readline() for _ in range(3)]
+        assert f"optuna-dashboard, each search's history: http://127.0.0.1:{port + 1}\n" in printed, printed
+        dashboard = f"http://127.0.0.1:{port + 1}/api/studies"
+        studies = {s["study_name"]: s["study_id"] for s in requests.get(dashboard, timeout=10).json()["study_summaries"]}
+        assert set(studies) == {f"mlp-128->{s}/{m}" for s in ("mlp-8", "mlp-4") for m in ("scratch", "kd", "annealing")}
+        detail = requests.get(f"{dashboard}/{studies['mlp-128->mlp-8/annealing']}", timeout=10).json()
+        assert detail["objective_names"] == ["validation accuracy (best epoch, 0-1)"] and len(detail["trials"]) == 2
     finally:
         import os
         import signal

@@ -167,6 +167,7 @@ def test_the_searches_live_in_an_optuna_storage_that_optuna_s_own_tools_open(tmp
             expected = sorted(0.5 + i / 100 for i, c in enumerate(configs.values())
                               if (c["teacher"], c["student"], c["method"]) == (teacher, student, method))
             assert values == expected and len(values) == n
+            assert ot.metric_names == ["validation accuracy (best epoch, 0-1)"]  # optuna-dashboard's label
     # a fresh search of the same study starts from empty studies, not from the last run's trials
     PairedSearch(study, validate(study), storage=url)
     teacher, student = study.pairs[0]

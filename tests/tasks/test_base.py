@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from akd_ray.tasks.base import Augment, Split, TaskData
@@ -44,3 +45,41 @@ def test_to_cpu_changes_no_batch():
     b, yb = same.batch(same.train, idx, torch.device("cpu"), Augment(3, 2, idx))
     torch.testing.assert_close(a["x"], b["x"], rtol=0, atol=0)
     assert torch.equal(ya, yb) and same.fingerprint() == task.fingerprint()
+
+
+# ---------------------------------------------------------------------------------------- few labels
+def test_the_labelled_draw_is_stratified_and_reproducible():
+    from akd_ray.config import TaskSpec
+    from akd_ray.tasks import load_task
+
+    a, b = (load_task(TaskSpec(name="digits", labelled_samples=100)) for _ in range(2))
+    assert torch.equal(a.train.labelled, b.train.labelled)  # the same rows for every trial and teacher
+    assert a.train.labelled.sum() == 100 and len(a.train) == 1295  # the rest of train stays, unlabelled
+    assert a.train.labels[a.train.labelled].bincount().tolist() == [10] * 10
+    full = load_task(TaskSpec(name="digits"))
+    assert torch.equal(a.val.labels, full.val.labels) and torch.equal(a.test.labels, full.test.labels)
+    assert full.train.labelled is None
+
+
+def test_an_uneven_budget_keeps_each_class_s_share_and_at_least_one_row():
+    from akd_ray.tasks.base import label_budget
+
+    labels = torch.tensor([0] * 60 + [1] * 30 + [2] * 9 + [3] * 1)
+    split = Split({"x": torch.arange(100.0)[:, None]}, labels)
+    drawn = label_budget(split, 20, seed=3)
+    assert drawn.labelled.sum() == 20
+    assert labels[drawn.labelled].bincount(minlength=4).tolist() == [12, 6, 1, 1]  # 12, 6, 1.8 -> 1, 0.2 -> 1
+    assert not torch.equal(drawn.labelled, label_budget(split, 20, seed=4).labelled)  # the seed draws the rows
+    for n, phrase in ((3, "fewer than the 4 classes"), (101, "has 100 labelled rows")):
+        with pytest.raises(ValueError, match=phrase):
+            label_budget(split, n)
+
+
+def test_extra_unlabelled_rows_follow_train_without_labels():
+    from akd_ray.tasks.base import label_budget, with_unlabelled
+
+    split = label_budget(Split({"x": torch.zeros(10, 2)}, torch.arange(10) % 2), 4)
+    union = with_unlabelled(split, {"x": torch.ones(3, 2)})
+    assert len(union) == 13 and union.labels[10:].tolist() == [-1] * 3
+    assert union.labelled.sum() == 4 and not union.labelled[10:].any()
+    assert torch.equal(union.subset(torch.tensor([10, 0])).labelled, torch.tensor([False, split.labelled[0].item()]))

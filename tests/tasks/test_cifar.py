@@ -280,3 +280,16 @@ def test_to_inputs_pickles():
     x = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
     torch.testing.assert_close(fn({"x": x}, None)["x"], normalised(x))
 
+
+
+def test_an_unlabelled_image_folder_joins_train_without_labels(tmp_path):
+    from akd_ray.tasks import load_task
+
+    write_folder(tmp_path / "tree", CIFAR10_CLASSES, per_class=4)
+    extra = write_folder(tmp_path / "extra", ["any"], per_class=3, seed=1)  # extra/train/any, extra/test/any
+    t = load_task(TaskSpec(name="cifar10", data_dir=tmp_path / "tree", val_fraction=0.25,
+                           unlabelled=tmp_path / "extra", labelled_samples=10))
+    assert len(t.train) == 30 + 6 and t.train.labels[30:].tolist() == [-1] * 6
+    assert t.train.labelled.sum() == 10 and not t.train.labelled[30:].any()
+    first = torch.from_numpy(extra["test/any/0000.png"]).permute(2, 0, 1)  # sorted paths: test/ before train/
+    assert torch.equal(t.train.features["x"][30], first)

@@ -293,3 +293,22 @@ def test_tokenized_splits_are_cached_per_tokenizer_and_data(tmp_path, tokenizer_
     assert len(changed.train) + len(changed.val) == 31 and changed.fingerprint() != fresh.fingerprint()
     load_glue_task(spec.model_copy(update={"max_seq_length": 16}), tokenizer_path, tmp_path / "cache")
     assert len(list((tmp_path / "cache" / "glue").glob("sst2-*.pt"))) == 3
+
+
+def test_an_unlabelled_tsv_joins_train_in_one_width_without_labels(tmp_path, tokenizer_path):
+    folder = tmp_path / "SST-2"
+    folder.mkdir()
+    rows = "".join(f"film number {i} was {'good' if i % 2 else 'bad'} .\t{i % 2}\n" for i in range(40))
+    for name in ("train.tsv", "dev.tsv"):
+        (folder / name).write_text("sentence\tlabel\n" + rows)
+    (tmp_path / "more.tsv").write_text("sentence\nan unlabelled and much much much longer review of a film .\nok .\n")
+    spec = TaskSpec(name="glue/sst2", data_dir=tmp_path, val_fraction=0.25, unlabelled=tmp_path / "more.tsv",
+                    labelled_samples=6)
+    from akd_ray.tasks import load_task
+
+    t = load_task(spec, tokenizer_path)
+    plain = load_glue_task(spec.model_copy(update={"unlabelled": None, "labelled_samples": None}), tokenizer_path)
+    assert len(t.train) == len(plain.train) + 2 and t.train.labels[-2:].tolist() == [-1, -1]
+    assert t.train.labelled.sum() == 6 and not t.train.labelled[-2:].any()
+    assert t.train.lengths[-2] > plain.train.lengths.max()  # the extra rows set the width; train rows pad to it
+    assert t.examples != plain.examples  # the teacher-logit cache tells the union from train alone
