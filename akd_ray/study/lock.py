@@ -88,7 +88,7 @@ def holder_of(root: Path) -> dict | None:
     path = Path(root) / LOCK_FILE
     try:
         fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no study there (yet), or a storage preflight refuses
         return None
     try:
         try:
