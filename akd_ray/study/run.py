@@ -20,7 +20,7 @@ import ray
 from ray import tune
 from ray.tune.search import Searcher
 
-from akd_ray import preflight, progress
+from akd_ray import preflight, progress, teacher_verdict
 from akd_ray.capacity import COST, smallest_within
 from akd_ray.config import Study
 from akd_ray.preflight import budgets
@@ -166,6 +166,26 @@ def register_best_students(study: Study, rows: list[dict], teacher_dirs: dict[st
                                pick=v)
 
 
+def register_picked_teachers(study: Study, rows: list[dict], teacher_dirs: dict[str, Path], callback,
+                             choices: list) -> None:
+    """Each student's best run (by validation) of the picked teacher and method, as the registered
+    model `<study>-<student>` (akd_ray.teacher_verdict; scratch where no teacher helps)."""
+    from akd_ray import tracking
+    from akd_ray.tasks import load_task
+    from akd_ray.tracking.registry import student_model_name
+
+    for c in choices:
+        done = [r for r in rows if r["student"] == c.student and r["method"] == c.method and r["checkpoint"]
+                and (c.teacher is None or r["teacher"] == c.teacher) and not r.get("shared_from")]
+        best = max(done, key=lambda r: r[METRIC]) if done else None
+        run_id = callback.run_id(best["trial_id"]) if best else None
+        if run_id is None:
+            continue
+        tracking.register_best(study, (best["teacher"], c.student), run_id, Path(best["checkpoint"]) / STUDENT_DIR,
+                               load_task(study.task, str(teacher_dirs[best["teacher"]])), pick=c.as_verdict(),
+                               name=student_model_name(study.name, c.student))
+
+
 @dataclass
 class StudyResult:
     rows: list[dict]
@@ -220,11 +240,11 @@ def run_study(study: Study, address: str | None = None, say: Callable[[str], Non
         callback = tracking.MlflowCallback(study, parent)
 
         budget = budgets(study, space)
-        total = sum(budget.values()) * len(study.pairs)
+        groups = {f"{t}->{s}|{m}": n for t, s in study.pairs for m, n in budget.items() if study.searches(t, m)}
+        total = sum(groups.values())
         tracker.phase("search")
         rows = trial_rows(run_phase(study, "search", lambda: searcher_for(study, space, optuna_storage(study)), total, teacher_dirs,
-                                    [callback, progress.ProgressCallback("search", {
-                                        f"{t}->{s}|{m}": n for t, s in study.pairs for m, n in budget.items()})],
+                                    [callback, progress.ProgressCallback("search", groups)],
                                     max_concurrent, signals))
         for line in teacher_vs_scratch(study, quality, rows):
             say(line)
@@ -236,6 +256,7 @@ def run_study(study: Study, address: str | None = None, say: Callable[[str], Non
                                          max_concurrent, signals))
         signals.stage = "the report (every trial had finished)"
         tracker.phase("report")
+        rows = teacher_verdict.share_scratch(study, rows)  # a shared scratch joins every pair of its student
         files = reports.write_report(study, rows, layout.report, quality)  # local first: never lost to MLflow
         if callback.flush():
             raise tracking.TrackingError(
@@ -245,6 +266,11 @@ def run_study(study: Study, address: str | None = None, say: Callable[[str], Non
         if study.mlflow.register_best:
             register_best_students(study, rows, teacher_dirs, callback, verdicts)
         tracking.log_picks(parent, verdicts)
+        choices = teacher_verdict.choose_teachers(study, rows, quality)
+        if choices:
+            if study.mlflow.register_best:
+                register_picked_teachers(study, rows, teacher_dirs, callback, choices)
+            tracking.log_teacher_choices(parent, choices)
         tracking.log_report(parent, files, verdicts)
         tracking.finish_study(parent)
         progress.stop("done")

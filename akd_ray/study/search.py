@@ -39,6 +39,8 @@ class PairedSearch(Resumable):
         self.owner: dict[str, tuple[str, str, str]] = {}
         for i, (teacher, student) in enumerate(study.pairs):
             for j, method in enumerate(study.search.methods):
+                if not study.searches(teacher, method):  # a shared scratch: once per student
+                    continue
                 params = space.for_method(method)
                 warm = [{k: v for k, v in p.items() if k in params} for p in study.search.warm_start]
                 key = (teacher, student, method)
