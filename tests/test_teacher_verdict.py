@@ -162,3 +162,49 @@ def test_a_shared_scratch_joins_every_pair_once(study):
     assert share_scratch(study, shared) == shared  # idempotent: `akd-ray report` re-reads the saved rows
     assert np.mean([r["val_best"] for r in shared if r["teacher"] == "t-512" and r["method"] == SCRATCH
                     and r["phase"] == "confirm"]) == pytest.approx(0.90 + np.mean(NOISE))
+
+
+def test_mlflow_has_one_which_teacher_run_per_student_in_the_pair_view(study, tmp_path):
+    """`<student> ← which teacher` runs beside the pair runs (the pair view's filter finds them), the pick's
+    columns in points, the verdict and one row per candidate as the description, the registered student
+    `<study>-<student>` described by the pick."""
+    import json
+
+    from akd_ray import tracking
+    from akd_ray.config import MLP
+    from akd_ray.models import build_model, save_model
+    from akd_ray.tasks.digits import load_digits_task
+    from akd_ray.tracking.registry import student_model_name
+    from akd_ray.tracking.ui import PAIR_FILTER, VIEW_TAG
+
+    study = study.model_copy(update={"storage": tmp_path / "storage"})
+    rows = student_rows("small", {"t-512@epoch10": 0.95}) + student_rows("tiny", {}, scratch=0.97)
+    choices = [choose_teacher(study, s, rows, QUALITY) for s in ("small", "tiny")]
+    digits = load_digits_task(study.task)
+    save_model(build_model(MLP(kind="mlp", hidden=(4,)), digits).eval(), MLP(kind="mlp", hidden=(4,)),
+               tmp_path / "ckpt" / "student", digits)
+    parent = tracking.start_study(study, "name: which\n", "params: {}\n")
+    client = tracking.client_for()
+    experiment_id = client.get_run(parent).info.experiment_id
+    trial = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
+    tracking.register_best(study, ("t-512@epoch10", "small"), trial, tmp_path / "ckpt", digits,
+                           pick=choices[0].as_verdict(), name=student_model_name("which", "small"))
+    tracking.log_teacher_choices(parent, choices)
+
+    view = json.loads(client.get_experiment(experiment_id).tags[VIEW_TAG])
+    runs = {r.info.run_name: r for r in client.search_runs([experiment_id], view["searchFilter"])}
+    assert view["searchFilter"] == PAIR_FILTER and set(runs) == {"small ← which teacher", "tiny ← which teacher"}
+    small, tiny = runs["small ← which teacher"], runs["tiny ← which teacher"]
+    assert small.data.params["pick.teacher"] == "t-512@epoch10" and small.data.params["pick.method"] == "kd"
+    assert small.data.tags["recommended"] == "t-512@epoch10: KD alpha 0.3, T 4" and small.data.tags["decided"] == "true"
+    assert small.data.metrics["pick.mean"] == pytest.approx(100 * choices[0].pick.mean, abs=0.01)
+    assert small.data.metrics["gain_over_scratch"] == pytest.approx(5.0, abs=0.01)
+    note = small.data.tags["mlflow.note.content"]
+    assert note.startswith("**small ← which teacher: use t-512@epoch10: KD alpha 0.3, T 4**")
+    assert choices[0].text in note and all(f"| {c} |" in note or f"| **{c}** (pick) |" in note for c in CANDIDATES)
+    assert small.data.tags["registered_model"] == "models:/which-small/1"
+    model = client.get_registered_model("which-small")
+    assert model.tags["pick.method"] == "kd" and "t-512@epoch10 → small" in model.description
+    assert tiny.data.params["pick.teacher"] == "none (scratch)" and tiny.data.metrics["gain_over_scratch"] == 0
+    assert "registered_model" not in tiny.data.tags
+    assert set(small.data.metrics) == set(tiny.data.metrics)  # the same columns whatever the pick
