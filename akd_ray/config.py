@@ -184,7 +184,7 @@ class TeacherSpec(Frozen):
     checkpoints: int = Field(4, ge=1, description="training snapshots kept for Pro-KD")
     checkpoints_as_teachers: bool = Field(
         False, description="each kept training snapshot but the last becomes a candidate teacher of its own, "
-                           "named `<teacher>@epoch<e>` (`<teacher>@snapshot<k>` for a loaded teacher)")
+                           "named `<teacher>-epoch<e>` (`<teacher>-snapshot<k>` for a loaded teacher)")
     min_margin: float | None = Field(
         0.05, ge=0, description="before any search the teacher's validation metric must beat the "
                                 "majority-class baseline by this much (0.05 = 5 points); null: distil "
@@ -314,14 +314,16 @@ class FamilySpec(Frozen):
 
 # ---------------------------------------------------------------------------------------- teachers as a dimension
 TEACHER_SIZE_FIELDS = {"mlp": "hidden", "cnn": "channels", "resnet": "depth"}  # the one field a teacher size sets
-AT = "@"  # `<teacher>@epoch<e>`: a teacher's early checkpoint as a candidate teacher of its own
+# `<teacher>-epoch<e>`: a teacher's early checkpoint as a candidate teacher of its own -- in characters that
+# MLflow keys, registry names, Ray Tune's trial folders and Optuna's study names all take
+AT = "-"
 
 
 class TeacherFamilySpec(Frozen):
     """A teacher family, the mirror of the student `family`: one base model trained at each of `sizes`
     (once per recipe and cached, as any teacher). Its members are the teachers `<name>-<size>`
     (`mlp-128`, `resnet-56`), beside any named `teachers`; with `checkpoints_as_teachers`, each member's
-    early training snapshots are candidate teachers too (`mlp-128@epoch10`)."""
+    early training snapshots are candidate teachers too (`mlp-128-epoch10`)."""
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="the members are named <name>-<size>")
     model: ModelSpec = Field(description="the base teacher; each size replaces its size field (mlp `hidden`: an int "
                                          "sets every layer's width; cnn `channels`: every block's; resnet `depth`)")
@@ -329,7 +331,7 @@ class TeacherFamilySpec(Frozen):
     train: TrainSpec = TrainSpec()
     checkpoints: int = Field(4, ge=1, description="training snapshots kept per member (Pro-KD, and candidates)")
     checkpoints_as_teachers: bool = Field(False, description="each member's snapshots but the last are candidate "
-                                                             "teachers too, named <member>@epoch<e>")
+                                                             "teachers too, named <member>-epoch<e>")
     min_margin: float | None = Field(0.05, ge=0, description="as teachers.<name>.min_margin, for every member")
     assistant: int | None = Field(None, ge=1, description="TAKD's assistant: the family's model at this size "
                                                           "(KD-trained from each teacher) instead of `assistant`")
@@ -484,10 +486,11 @@ class Study(Frozen):
                 raise ValueError(f"teacher_family: its member {clash[0]!r} clashes with the named teacher "
                                  f"teachers.{clash[0]}; rename one (teacher_family.name or the teacher)")
         teachers = {**self.teachers, **members}
-        at = [n for n in self.teachers if AT in n]
-        if at:
-            raise ValueError(f"teachers.{at[0]}: '{AT}' is kept for checkpoint candidates (<teacher>{AT}epoch<e>); "
-                             "rename the teacher")
+        for name, spec in teachers.items():
+            clash = next((c.name for c in snapshot_candidates(name, spec) if c.name in teachers), None)
+            if clash:
+                raise ValueError(f"teachers.{clash}: the name of a checkpoint candidate of teacher {name!r} "
+                                 f"(<teacher>{AT}epoch<e>); rename the teacher")
         object.__setattr__(self, "teachers", teachers)
         if self.teacher_family is not None and self.teacher_family.assistant is not None:
             if self.assistant is not None:

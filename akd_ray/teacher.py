@@ -185,7 +185,7 @@ def prepare_assistant(assistant: ModelSpec, task: TaskSpec, recipe: TrainSpec, t
 # ---------------------------------------------------------------------------------------- checkpoints as teachers
 def prepare_snapshot_teacher(name: str, teacher_dir: Path, snapshot: int, storage: Path) -> Path:
     """A teacher's training snapshot `snapshot` as a prepared teacher of its own (`name`, e.g.
-    `mlp-128@epoch10`): its weights (and, for GLUE, the teacher's tokenizer) in a folder with its own
+    `mlp-128-epoch10`): its weights (and, for GLUE, the teacher's tokenizer) in a folder with its own
     teacher.json. Keyed by the snapshot's weight fingerprint, so its logits are cached once (the same
     table Pro-KD reads for that snapshot) and a retrained teacher gives a new folder."""
     source = checkpoint_dirs(teacher_dir)[snapshot]

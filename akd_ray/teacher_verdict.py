@@ -1,7 +1,7 @@
 """Which teacher for this student: the verdict per student across candidate teachers, and the map.
 
 Where teachers are a dimension (a `teacher_family`, or `checkpoints_as_teachers`), every student has
-several candidate teachers: sizes, and early checkpoints of one teacher's training (`mlp-128@epoch10`).
+several candidate teachers: sizes, and early checkpoints of one teacher's training (`mlp-128-epoch10`).
 For each candidate the best distillation method is chosen on validation, as in the pair verdict (the
 best validation mean over the confirmation seeds). Those picks and scratch (the floor: no teacher)
 are then compared with the pair verdict's own statistics (akd_ray.verdict): selection on validation by
@@ -43,6 +43,7 @@ class TeacherChoice:
     results: dict[str, MethodResult]  # candidate -> its best distillation method's result; SCRATCH -> the floor
     methods: dict[str, str]  # candidate -> that method
     costs: dict[str, float]  # candidate -> teacher parameters (NaN where unknown)
+    converged: list[str] = field(default_factory=list)  # the candidates that are converged teachers
     teacher: str | None = None  # the recommended teacher; None: no teacher (scratch), or no verdict
     decided: bool = False  # ahead of every other candidate and scratch on validation beyond noise
     text: str = ""
@@ -104,7 +105,8 @@ def choose_teacher(study: Study, student: str, rows: list[dict],
     candidates = [t for t, s in study.pairs if s == student]
     quality = quality or {}
     choice = TeacherChoice(student, {}, {}, {c: float(quality.get(c, {}).get("parameters", math.nan))
-                                             for c in candidates})
+                                             for c in candidates},
+                           converged=[c for c in candidates if study.candidates[c].snapshot is None])
     for c in candidates:
         best = _best_distillation(study, [r for r in rows if (r["teacher"], r["student"]) == (c, student)])
         if best is not None:
@@ -182,7 +184,7 @@ def _text(study: Study, choice: TeacherChoice, top: str, fewest: int, candidates
 
 def _reference(choice: TeacherChoice, candidates: list[str]) -> str | None:
     """The teacher a user would reach for without this study: the largest converged one."""
-    converged = [c for c in candidates if "@" not in c and c in choice.differences]
+    converged = [c for c in candidates if c in choice.costs and c in choice.converged and c in choice.differences]
     return max(converged, key=lambda c: _cost_key(choice, c)[0] if _cost_key(choice, c)[0] != math.inf else -1,
                default=None)
 
@@ -193,7 +195,7 @@ def _test_line(choice: TeacherChoice, candidates: list[str]) -> str:
     parts = []
     for k in shown:
         d, level = choice.differences[k], choice.levels[k]
-        name = f"the converged {k}" if k != SCRATCH and any("@" in c for c in candidates) else k
+        name = f"the converged {k}" if k != SCRATCH and len(choice.converged) < len(candidates) else k
         ci = f"{100 * level:.3g}% CI {_pts(d.low)}…{_pts(d.high)}"
         parts.append(f"{_pts(d.estimate)} points over {name} ({ci})" if d.low > 0 else
                      f"{_pts(d.estimate)} points below {name} ({ci})" if d.high < 0 else

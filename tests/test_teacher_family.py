@@ -1,5 +1,5 @@
 """Teachers as a dimension in the schema: a teacher family's members, checkpoints as candidate teachers
-(named `<teacher>@epoch<e>`), a shared scratch, TAKD's assistant from the family; the one-line refusals of
+(named `<teacher>-epoch<e>`), a shared scratch, TAKD's assistant from the family; the one-line refusals of
 `validate`; each candidate's teacher logits computed once; both shipped teacher studies validate."""
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ def test_the_family_members_and_their_checkpoints_are_the_candidate_teachers(tmp
     assert list(study.teachers) == ["big", "t-32", "t-128"]
     assert study.teachers["t-128"].model.hidden == (128, 128) and study.teachers["t-128"].train.epochs == 20
     # 4 snapshots of 20 epochs: after epochs 5, 10, 15, 20; the last is the converged teacher's twin
-    assert list(study.candidates) == ["big", "t-32", "t-32@epoch5", "t-32@epoch10", "t-32@epoch15",
-                                      "t-128", "t-128@epoch5", "t-128@epoch10", "t-128@epoch15"]
-    assert study.candidates["t-128@epoch10"].snapshot == 1 and study.teacher_of("t-128@epoch10").model.hidden == (128, 128)
+    assert list(study.candidates) == ["big", "t-32", "t-32-epoch5", "t-32-epoch10", "t-32-epoch15",
+                                      "t-128", "t-128-epoch5", "t-128-epoch10", "t-128-epoch15"]
+    assert study.candidates["t-128-epoch10"].snapshot == 1 and study.teacher_of("t-128-epoch10").model.hidden == (128, 128)
     assert [t for t, _ in study.pairs] == list(study.candidates)
     assert study.shared_scratch == "big"
 
@@ -69,7 +69,8 @@ def test_takd_draws_its_assistant_from_the_family(tmp_path):
      "teacher_family: model: kind 'hf_config' has no size a family can vary; valid kinds: mlp, cnn, resnet"),
     ({"teachers": {"t-32": {"model": {"kind": "mlp", "hidden": [8]}}}},
      "its member 't-32' clashes with the named teacher teachers.t-32; rename one"),
-    ({"teachers": {"x@epoch5": {"model": {"kind": "mlp"}}}}, "teachers.x@epoch5: '@' is kept for checkpoint"),
+    ({"teachers": {"t-32-epoch10": {"model": {"kind": "mlp"}}}},
+     "teachers.t-32-epoch10: the name of a checkpoint candidate of teacher 't-32'"),
     ({"teacher_family__assistant": 32, "assistant": {"kind": "mlp", "hidden": [8]}},
      "teacher_family.assistant and `assistant` both name TAKD's assistant"),
 ])
@@ -103,8 +104,8 @@ def test_each_candidate_teachers_logits_are_computed_once(tmp_path):
     spec = TeacherSpec(model=MLP(kind="mlp", hidden=(16,)), train=TrainSpec(epochs=4, device="cpu"), checkpoints=2)
     teacher = prepare_teacher("t", spec, task_spec, tmp_path)
     assert len(checkpoint_dirs(teacher)) == 2
-    first = prepare_snapshot_teacher("t@epoch2", teacher, 0, tmp_path)
-    assert prepare_snapshot_teacher("t@epoch2", teacher, 0, tmp_path) == first  # once, then found again
+    first = prepare_snapshot_teacher("t-epoch2", teacher, 0, tmp_path)
+    assert prepare_snapshot_teacher("t-epoch2", teacher, 0, tmp_path) == first  # once, then found again
     task = load_digits_task(task_spec)
     cache = tmp_path / "cache"
     candidate = TeacherLogits(first, task, torch.device("cpu"), 0, cache)

@@ -20,9 +20,9 @@ SPACE = {"params": {"tau_max": {"type": "int", "low": 2, "high": 5, "methods": [
                     "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}}
 PARAMS = {"annealing": {"tau_max": 3, "lr": 0.005}, "kd": {"alpha": 0.3, "lr": 0.004}, "scratch": {"lr": 0.006}}
 SIZES = {"t-32": 3_000, "t-128": 20_000, "t-512": 300_000}
-CANDIDATES = [c for t in SIZES for c in (t, f"{t}@epoch10")]
+CANDIDATES = [c for t in SIZES for c in (t, f"{t}-epoch10")]
 QUALITY = {c: {"metric": "accuracy", "val": 0.95, "test": 0.95, "majority_val": 0.1, "majority_test": 0.1,
-               "parameters": SIZES[c.split("@")[0]]} for c in CANDIDATES}
+               "parameters": SIZES[c.split("-epoch")[0]]} for c in CANDIDATES}
 NOISE = [0.000, 0.004, -0.003, 0.002]  # per seed, shared by every arm: runs pair by seed
 
 
@@ -91,20 +91,20 @@ def test_a_tie_on_validation_recommends_the_cheapest_teacher(study):
 
 
 def test_an_early_checkpoint_better_than_the_converged_teacher(study):
-    rows = student_rows("small", {"t-512@epoch10": 0.95, "t-512": 0.915})
+    rows = student_rows("small", {"t-512-epoch10": 0.95, "t-512": 0.915})
     choice = choose_teacher(study, "small", rows, QUALITY)
-    assert choice.teacher == "t-512@epoch10" and choice.decided
-    assert choice.text.startswith("distil small from t-512@epoch10 with KD")
+    assert choice.teacher == "t-512-epoch10" and choice.decided
+    assert choice.text.startswith("distil small from t-512-epoch10 with KD")
     assert "+3.5 points over the converged t-512" in choice.text
 
 
 def test_checkpoints_of_one_teacher_tie_on_cost_and_the_better_one_is_named(study):
-    rows = student_rows("small", {"t-32": 0.930, "t-32@epoch10": 0.932})  # same parameters, tied on validation
-    rows = [r for r in rows if not (r["teacher"] == "t-32@epoch10" and r["method"] == "kd")]
-    rows += confirm("t-32@epoch10", "small", "kd", [0.932 + n for n in (0.004, -0.004, 0.0, 0.001)])
+    rows = student_rows("small", {"t-32": 0.930, "t-32-epoch10": 0.932})  # same parameters, tied on validation
+    rows = [r for r in rows if not (r["teacher"] == "t-32-epoch10" and r["method"] == "kd")]
+    rows += confirm("t-32-epoch10", "small", "kd", [0.932 + n for n in (0.004, -0.004, 0.0, 0.001)])
     choice = choose_teacher(study, "small", rows, QUALITY)
-    assert {"t-32", "t-32@epoch10"} <= set(choice.tied)
-    assert choice.teacher == "t-32@epoch10"  # equal cost: the better validation mean
+    assert {"t-32", "t-32-epoch10"} <= set(choice.tied)
+    assert choice.teacher == "t-32-epoch10"  # equal cost: the better validation mean
 
 
 def test_a_failed_seed_is_named_and_the_comparisons_pair_the_seeds_that_finished(study):
@@ -123,34 +123,34 @@ def test_scratch_clearly_best_says_no_teacher_helps(study):
 
 
 def test_a_candidate_without_runs_is_named_missing(study):
-    rows = [r for r in student_rows("small", {"t-32": 0.96}) if r["teacher"] != "t-128@epoch10"]
+    rows = [r for r in student_rows("small", {"t-32": 0.96}) if r["teacher"] != "t-128-epoch10"]
     choice = choose_teacher(study, "small", rows, QUALITY)
     assert choice.teacher == "t-32" and not choice.decided
-    assert "t-128@epoch10 has no finished run: it is missing from the comparison" in choice.text
+    assert "t-128-epoch10 has no finished run: it is missing from the comparison" in choice.text
 
 
 def test_the_map_from_hand_made_rows(study, tmp_path):
-    rows = student_rows("small", {"t-32": 0.96, "t-512@epoch10": 0.93}) + \
-        student_rows("tiny", {"t-128@epoch10": 0.95}, scratch=0.80)
+    rows = student_rows("small", {"t-32": 0.96, "t-512-epoch10": 0.93}) + \
+        student_rows("tiny", {"t-128-epoch10": 0.95}, scratch=0.80)
     choices = [choose_teacher(study, s, rows, QUALITY) for s in ("small", "tiny")]
     records = map_rows(study, choices, QUALITY)
     assert len(records) == len(CANDIDATES) * 2
     cell = {(r["teacher"], r["student"]): r for r in records}
     assert cell[("t-32", "small")]["val_gain_over_scratch"] == pytest.approx(6.0)
-    assert cell[("t-512@epoch10", "small")]["checkpoint"] == "epoch 10"
-    assert cell[("t-512@epoch10", "small")]["of"] == "t-512"
-    assert cell[("t-128@epoch10", "tiny")]["val_gain_over_scratch"] == pytest.approx(15.0)
-    assert [r["teacher"] for r in records if r["pick"]] == ["t-32", "t-128@epoch10"]  # one pick per student
+    assert cell[("t-512-epoch10", "small")]["checkpoint"] == "epoch 10"
+    assert cell[("t-512-epoch10", "small")]["of"] == "t-512"
+    assert cell[("t-128-epoch10", "tiny")]["val_gain_over_scratch"] == pytest.approx(15.0)
+    assert [r["teacher"] for r in records if r["pick"]] == ["t-32", "t-128-epoch10"]  # one pick per student
     # through the report: the CSV, the PNG and one "which teacher" line per student in the summary
     files = write_report(study, share_scratch(study, rows), tmp_path / "report", QUALITY)
     assert tmp_path / "report" / MAP_CSV in files and (tmp_path / "report" / MAP_PNG).stat().st_size > 10_000
     with open(tmp_path / "report" / MAP_CSV) as f:
         written = list(csv.DictReader(f))
     assert [(r["teacher"], r["student"]) for r in written if r["pick"] == "True"] == [("t-32", "small"),
-                                                                                       ("t-128@epoch10", "tiny")]
+                                                                                       ("t-128-epoch10", "tiny")]
     summary = (tmp_path / "report" / "summary.txt").read_text()
     assert "  small: use distil small from t-32 with KD" in summary
-    assert "  tiny: use distil tiny from t-128@epoch10 with KD" in summary
+    assert "  tiny: use distil tiny from t-128-epoch10 with KD" in summary
 
 
 def test_a_shared_scratch_joins_every_pair_once(study):
@@ -178,7 +178,7 @@ def test_mlflow_has_one_which_teacher_run_per_student_in_the_pair_view(study, tm
     from akd_ray.tracking.ui import PAIR_FILTER, VIEW_TAG
 
     study = study.model_copy(update={"storage": tmp_path / "storage"})
-    rows = student_rows("small", {"t-512@epoch10": 0.95}) + student_rows("tiny", {}, scratch=0.97)
+    rows = student_rows("small", {"t-512-epoch10": 0.95}) + student_rows("tiny", {}, scratch=0.97)
     choices = [choose_teacher(study, s, rows, QUALITY) for s in ("small", "tiny")]
     digits = load_digits_task(study.task)
     save_model(build_model(MLP(kind="mlp", hidden=(4,)), digits).eval(), MLP(kind="mlp", hidden=(4,)),
@@ -187,7 +187,7 @@ def test_mlflow_has_one_which_teacher_run_per_student_in_the_pair_view(study, tm
     client = tracking.client_for()
     experiment_id = client.get_run(parent).info.experiment_id
     trial = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
-    tracking.register_best(study, ("t-512@epoch10", "small"), trial, tmp_path / "ckpt", digits,
+    tracking.register_best(study, ("t-512-epoch10", "small"), trial, tmp_path / "ckpt", digits,
                            pick=choices[0].as_verdict(), name=student_model_name("which", "small"))
     tracking.log_teacher_choices(parent, choices)
 
@@ -195,16 +195,16 @@ def test_mlflow_has_one_which_teacher_run_per_student_in_the_pair_view(study, tm
     runs = {r.info.run_name: r for r in client.search_runs([experiment_id], view["searchFilter"])}
     assert view["searchFilter"] == PAIR_FILTER and set(runs) == {"small ← which teacher", "tiny ← which teacher"}
     small, tiny = runs["small ← which teacher"], runs["tiny ← which teacher"]
-    assert small.data.params["pick.teacher"] == "t-512@epoch10" and small.data.params["pick.method"] == "kd"
-    assert small.data.tags["recommended"] == "t-512@epoch10: KD alpha 0.3, T 4" and small.data.tags["decided"] == "true"
+    assert small.data.params["pick.teacher"] == "t-512-epoch10" and small.data.params["pick.method"] == "kd"
+    assert small.data.tags["recommended"] == "t-512-epoch10: KD alpha 0.3, T 4" and small.data.tags["decided"] == "true"
     assert small.data.metrics["pick.mean"] == pytest.approx(100 * choices[0].pick.mean, abs=0.01)
     assert small.data.metrics["gain_over_scratch"] == pytest.approx(5.0, abs=0.01)
     note = small.data.tags["mlflow.note.content"]
-    assert note.startswith("**small ← which teacher: use t-512@epoch10: KD alpha 0.3, T 4**")
+    assert note.startswith("**small ← which teacher: use t-512-epoch10: KD alpha 0.3, T 4**")
     assert choices[0].text in note and all(f"| {c} |" in note or f"| **{c}** (pick) |" in note for c in CANDIDATES)
     assert small.data.tags["registered_model"] == "models:/which-small/1"
     model = client.get_registered_model("which-small")
-    assert model.tags["pick.method"] == "kd" and "t-512@epoch10 → small" in model.description
+    assert model.tags["pick.method"] == "kd" and "t-512-epoch10 → small" in model.description
     assert tiny.data.params["pick.teacher"] == "none (scratch)" and tiny.data.metrics["gain_over_scratch"] == 0
     assert "registered_model" not in tiny.data.tags
     assert set(small.data.metrics) == set(tiny.data.metrics)  # the same columns whatever the pick

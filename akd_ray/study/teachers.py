@@ -33,7 +33,7 @@ def prepare_teachers(study: Study) -> dict[str, Path]:
 
 
 def prepare_candidates(study: Study, dirs: dict[str, Path]) -> dict[str, Path]:
-    """Each early checkpoint a study names as a candidate teacher (`<teacher>@epoch<e>`), as a prepared
+    """Each early checkpoint a study names as a candidate teacher (`<teacher>-epoch<e>`), as a prepared
     teacher folder of its own: a copy of the snapshot's weights, done once (no training, so no Ray task)."""
     from akd_ray.teacher import prepare_snapshot_teacher
 

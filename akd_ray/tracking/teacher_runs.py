@@ -44,7 +44,7 @@ def log_teacher_choices(parent_run_id: str, choices: list) -> list[str]:
 
 
 def recommended(c) -> str:
-    """`mlp-128@epoch10: Annealing-KD tau_max 3, step`, or `scratch (no teacher)`."""
+    """`mlp-128-epoch10: Annealing-KD tau_max 3, step`, or `scratch (no teacher)`."""
     from akd_ray.verdict import describe
 
     if c.pick is None:
