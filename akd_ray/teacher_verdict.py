@@ -170,8 +170,8 @@ def _text(study: Study, choice: TeacherChoice, top: str, fewest: int, candidates
             text = (f"{head}: the best validation mean, but too few seeds to tell (n = {fewest}; the verdict needs "
                     f"search.confirm_seeds >= {MIN_SEEDS})")
         elif len(choice.tied) == 1:
-            choice.decided = all(choice.results.get(c) is not None and choice.results[c].confirmed
-                                 for c in candidates)
+            choice.decided = SCRATCH in choice.results and all(
+                choice.results.get(c) is not None and choice.results[c].confirmed for c in candidates)
             text = head
         else:
             tied = ", ".join(others + ([SCRATCH] if SCRATCH in choice.tied else []))
@@ -330,7 +330,7 @@ def write(study: Study, rows: list[dict], folder: Path,
         w.writerows(records)
     files = [folder / MAP_CSV, plot_map(study, choices, records, folder / MAP_PNG, quality)]
     lines = ["which teacher (see teacher_student.csv / .png):",
-             *(f"  {ch.student}: {'use ' if ch.decided else ''}{ch.text}" for ch in choices)]
+             *(f"  {ch.student}: {ch.text}" for ch in choices)]
     return files, lines
 
 

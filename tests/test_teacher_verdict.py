@@ -149,8 +149,8 @@ def test_the_map_from_hand_made_rows(study, tmp_path):
     assert [(r["teacher"], r["student"]) for r in written if r["pick"] == "True"] == [("t-32", "small"),
                                                                                        ("t-128-epoch10", "tiny")]
     summary = (tmp_path / "report" / "summary.txt").read_text()
-    assert "  small: use distil small from t-32 with KD" in summary
-    assert "  tiny: use distil tiny from t-128-epoch10 with KD" in summary
+    assert "  small: distil small from t-32 with KD" in summary
+    assert "  tiny: distil tiny from t-128-epoch10 with KD" in summary
 
 
 def test_a_shared_scratch_joins_every_pair_once(study):

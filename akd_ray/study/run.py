@@ -154,7 +154,7 @@ def register_best_students(study: Study, rows: list[dict], teacher_dirs: dict[st
     task = None
     for v in verdicts:
         done = [r for r in rows if (r["teacher"], r["student"], r["method"]) == (v.teacher, v.student, v.best)
-                and r["checkpoint"]]
+                and r["checkpoint"] and not r.get("shared_from")]  # a shared scratch: registered in its own pair
         if not done:
             continue
         best = max(done, key=lambda r: r[METRIC])
