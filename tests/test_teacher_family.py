@@ -128,3 +128,25 @@ def test_the_shipped_teacher_studies_validate(name):
     assert len(study.teacher_family.sizes) >= 3 and study.teacher_family.checkpoints_as_teachers
     assert len(study.students) == 2 and len(set(study.search.trials.values())) == 1  # equal budgets
     assert len(study.candidates) >= 2 * len(study.teacher_family.sizes)  # each size and an early checkpoint
+
+
+def test_the_plan_counts_scratch_once_per_student(tmp_path):
+    from akd_ray import preflight
+
+    study = load_study(write(tmp_path))
+    (tmp_path / "space.yaml").write_text("params: {lr: {type: float, low: 0.001, high: 0.01}}\n")
+    plan = preflight.check(study)
+    assert len(study.pairs) == 8  # 2 sizes x (converged + 3 early checkpoints), 1 student
+    assert plan.search_trials == 1 + 8 * 2  # scratch once; KD and Annealing-KD per candidate
+    assert plan.confirm_runs == plan.search_trials * study.search.confirm_seeds
+
+
+def test_the_search_has_one_scratch_group_per_student(tmp_path):
+    from akd_ray.space import load_space
+    from akd_ray.study.search import PairedSearch
+
+    study = load_study(write(tmp_path))
+    (tmp_path / "space.yaml").write_text("params: {lr: {type: float, low: 0.001, high: 0.01}}\n")
+    groups = PairedSearch(study, load_space(study.search.space)).groups
+    assert [k for k in groups if k[2] == "scratch"] == [("t-32", "s", "scratch")]
+    assert len(groups) == 1 + 8 * 2
