@@ -288,7 +288,8 @@ def plot_map(study: Study, choices: list[TeacherChoice], records: list[dict], pa
     for i, t in enumerate(teachers):
         for j, s in enumerate(students):
             if grid[i, j] == grid[i, j]:
-                ax.text(j, i, f"{grid[i, j]:+.1f}", ha="center", va="center", fontsize=8)
+                ax.text(j, i, f"{grid[i, j]:+.1f}", ha="center", va="center", fontsize=8,
+                        color="w" if abs(grid[i, j]) > 0.6 * span else "k")  # readable on the darkest cells
     for j, ch in enumerate(choices):
         if ch.teacher in teachers:
             ax.add_patch(plt.Rectangle((j - 0.5, teachers.index(ch.teacher) - 0.5), 1, 1, fill=False, lw=2.5,
