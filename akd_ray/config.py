@@ -193,6 +193,9 @@ class TeacherSpec(Frozen):
         "all", description="with task.labelled_samples: all -- the teacher trains on every training label (a teacher "
                            "that has seen more); labelled -- on the student's labelled rows only. Ignored by "
                            "prepare: load")
+    checkpoints_as_teachers: bool = Field(
+        False, description="each kept training snapshot but the last becomes a candidate teacher of its own, "
+                           "named `<teacher>-epoch<e>` (`<teacher>-snapshot<k>` for a loaded teacher)")
     min_margin: float | None = Field(
         0.05, ge=0, description="before any search the teacher's validation metric must beat the "
                                 "majority-class baseline by this much (0.05 = 5 points); null: distil "
@@ -343,10 +346,96 @@ class FamilySpec(Frozen):
         return _model_adapter.validate_python(base)
 
 
+# ---------------------------------------------------------------------------------------- teachers as a dimension
+TEACHER_SIZE_FIELDS = {"mlp": "hidden", "cnn": "channels", "resnet": "depth"}  # the one field a teacher size sets
+# `<teacher>-epoch<e>`: a teacher's early checkpoint as a candidate teacher of its own -- in characters that
+# MLflow keys, registry names, Ray Tune's trial folders and Optuna's study names all take
+AT = "-"
+
+
+class TeacherFamilySpec(Frozen):
+    """A teacher family, the mirror of the student `family`: one base model trained at each of `sizes`
+    (once per recipe and cached, as any teacher). Its members are the teachers `<name>-<size>`
+    (`mlp-128`, `resnet-56`), beside any named `teachers`; with `checkpoints_as_teachers`, each member's
+    early training snapshots are candidate teachers too (`mlp-128-epoch10`)."""
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="the members are named <name>-<size>")
+    model: ModelSpec = Field(description="the base teacher; each size replaces its size field (mlp `hidden`: an int "
+                                         "sets every layer's width; cnn `channels`: every block's; resnet `depth`)")
+    sizes: tuple[Annotated[int, Field(ge=1)], ...] = Field(min_length=1, description="the sizes to train")
+    train: TrainSpec = TrainSpec()
+    checkpoints: int = Field(4, ge=1, description="training snapshots kept per member (Pro-KD, and candidates)")
+    checkpoints_as_teachers: bool = Field(False, description="each member's snapshots but the last are candidate "
+                                                             "teachers too, named <member>-epoch<e>")
+    min_margin: float | None = Field(0.05, ge=0, description="as teachers.<name>.min_margin, for every member")
+    assistant: int | None = Field(None, ge=1, description="TAKD's assistant: the family's model at this size "
+                                                          "(KD-trained from each teacher) instead of `assistant`")
+
+    @model_validator(mode="after")
+    def _sizes_fit(self) -> "TeacherFamilySpec":
+        field = TEACHER_SIZE_FIELDS.get(self.model.kind)
+        if field is None:
+            raise ValueError(f"model: kind {self.model.kind!r} has no size a family can vary; valid kinds: "
+                             f"{', '.join(TEACHER_SIZE_FIELDS)}")
+        for i, size in enumerate(self.sizes):
+            try:
+                self.member_model(size)
+            except ValidationError:
+                valid = (", ".join(map(str, get_args(ResNet.model_fields["depth"].annotation)))
+                         if self.model.kind == "resnet" else "a whole number >= 1")
+                raise ValueError(f"sizes[{i}]: a {self.model.kind} teacher cannot take {field} {size}; valid: "
+                                 f"{valid}") from None
+        if len(set(self.sizes)) != len(self.sizes):
+            raise ValueError(f"sizes: {list(self.sizes)} names a size twice")
+        return self
+
+    def member_model(self, size: int) -> ModelSpec:
+        """The base model at `size` (its size field set; mlp/cnn: every layer's width)."""
+        base = self.model.model_dump()
+        field = TEACHER_SIZE_FIELDS[self.model.kind]
+        base[field] = (size,) * len(base[field]) if field in ("hidden", "channels") else size
+        return _model_adapter.validate_python(base)
+
+    def member(self, size: int) -> str:
+        return f"{self.name}-{size}"
+
+    def members(self) -> dict[str, TeacherSpec]:
+        """The family's teachers by name, each trained as a named teacher with this recipe would be."""
+        return {self.member(size): TeacherSpec(model=self.member_model(size), train=self.train,
+                                               checkpoints=self.checkpoints,
+                                               checkpoints_as_teachers=self.checkpoints_as_teachers,
+                                               min_margin=self.min_margin) for size in self.sizes}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A candidate teacher: a prepared teacher (`snapshot` None: its converged, best-validation weights) or
+    one of its training snapshots. `epoch`: the snapshot's epoch (1-based), None where unknown (loaded)."""
+    name: str
+    teacher: str
+    snapshot: int | None = None
+    epoch: int | None = None
+
+
+def snapshot_candidates(name: str, spec: TeacherSpec) -> list[Candidate]:
+    """The candidates a teacher's snapshots make: every kept snapshot but the last (taken at the last epoch,
+    it is the converged teacher's near twin). A trained teacher's snapshot k is saved after epoch
+    round((k+1) E / n) (akd_ray.engine), which names it; a loaded teacher's by its position."""
+    if not spec.checkpoints_as_teachers:
+        return []
+    n = spec.checkpoints
+    if spec.prepare == "train":
+        return [Candidate(f"{name}{AT}epoch{round((k + 1) * spec.train.epochs / n)}", name, k,
+                          round((k + 1) * spec.train.epochs / n)) for k in range(n - 1)]
+    return [Candidate(f"{name}{AT}snapshot{k + 1}", name, k) for k in range(n - 1)]
+
+
 class Study(Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     task: TaskSpec
-    teachers: dict[str, TeacherSpec] = Field(min_length=1)
+    teachers: dict[str, TeacherSpec] = Field(default_factory=dict, description="named teachers; a "
+                                             "`teacher_family`'s members join them once the study is read")
+    teacher_family: TeacherFamilySpec | None = Field(None, description="teacher sizes trained and compared as "
+                                                                      "candidate teachers of every student")
     students: dict[str, ModelSpec] = Field(default_factory=dict, description="named students: one search per "
                                                                             "teacher-student pair")
     family: FamilySpec | None = Field(None, description="instead of named students: student size searched "
@@ -363,6 +452,13 @@ class Study(Frozen):
     seed: int = 0
     source: Path | None = Field(None, description="set by load_study: the file this came from")
 
+    @field_validator("teachers")
+    @classmethod
+    def _some_teacher(cls, v: dict) -> dict:  # runs only when given: an empty mapping is a mistake
+        if not v:
+            raise ValueError("should have at least 1 item (or leave `teachers` out and give a `teacher_family`)")
+        return v
+
     @field_validator("students")
     @classmethod
     def _named(cls, v: dict) -> dict:  # runs only when given: an empty mapping is a mistake, not a family
@@ -372,8 +468,10 @@ class Study(Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Study":
+        self._join_teacher_family()
         hf_task = self.task.is_glue
-        for where, spec in [*((f"teachers.{k}.model", t.model) for k, t in self.teachers.items()),
+        for where, spec in [*([("teacher_family.model", self.teacher_family.model)] if self.teacher_family else []),
+                            *((f"teachers.{k}.model", t.model) for k, t in self.teachers.items()),
                             *((f"students.{k}", s) for k, s in self.students.items()),
                             *([("family.model", self.family.model)] if self.family else []),
                             *([("assistant", self.assistant)] if self.assistant else [])]:
@@ -387,7 +485,8 @@ class Study(Frozen):
             raise ValueError("search.scheduler: a family search is multi-objective (metric vs cost), which "
                              "Optuna cannot prune per epoch; use scheduler: none")
         if "takd" in self.search.trials and self.assistant is None:
-            raise ValueError("search.trials has 'takd' but no `assistant` model is given")
+            raise ValueError("search.trials has 'takd' but no `assistant` model is given (nor "
+                             "teacher_family.assistant)")
         if "prokd" in self.search.trials and any(t.prepare != "train" for t in self.teachers.values()):
             raise ValueError("search.trials has 'prokd', which needs teachers with prepare: train (their checkpoints)")
         for name, t in self.teachers.items():
@@ -401,9 +500,62 @@ class Study(Frozen):
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
-        """(teacher, student) groups; with a family, (teacher, family name): one size group per teacher."""
+        """(teacher, student) groups, over every candidate teacher (a teacher's early checkpoints too);
+        with a family, (teacher, family name): one size group per teacher."""
         students = [self.family.name] if self.family else list(self.students)
-        return [(t, s) for t in self.teachers for s in students]
+        return [(t, s) for t in self.candidates for s in students]
+
+    # -- teachers as a dimension (teacher_family, checkpoints_as_teachers) --------------------------------
+    def _join_teacher_family(self) -> None:
+        """The family's members join `teachers` (a frozen model: set once, here, while it is validated);
+        a member or a checkpoint candidate named like a named teacher is refused."""
+        if not self.teachers and self.teacher_family is None:
+            raise ValueError("give `teachers` (named teachers) or a `teacher_family` (teacher sizes)")
+        if self.teacher_family is None:
+            members = {}
+        else:
+            members = self.teacher_family.members()
+            clash = [n for n in members if n in self.teachers and self.teachers[n] != members[n]]
+            if clash:
+                raise ValueError(f"teacher_family: its member {clash[0]!r} clashes with the named teacher "
+                                 f"teachers.{clash[0]}; rename one (teacher_family.name or the teacher)")
+        teachers = {**self.teachers, **members}
+        for name, spec in teachers.items():
+            clash = next((c.name for c in snapshot_candidates(name, spec) if c.name in teachers), None)
+            if clash:
+                raise ValueError(f"teachers.{clash}: the name of a checkpoint candidate of teacher {name!r} "
+                                 f"(<teacher>{AT}epoch<e>); rename the teacher")
+        object.__setattr__(self, "teachers", teachers)
+        if self.teacher_family is not None and self.teacher_family.assistant is not None:
+            if self.assistant is not None:
+                raise ValueError("teacher_family.assistant and `assistant` both name TAKD's assistant; keep one")
+            object.__setattr__(self, "assistant", self.teacher_family.member_model(self.teacher_family.assistant))
+
+    @property
+    def candidates(self) -> dict[str, Candidate]:
+        """Every candidate teacher by name: each teacher (its converged weights), then its early
+        checkpoints where `checkpoints_as_teachers` is on."""
+        out: dict[str, Candidate] = {}
+        for name, spec in self.teachers.items():
+            out[name] = Candidate(name, name)
+            out.update({c.name: c for c in snapshot_candidates(name, spec)})
+        return out
+
+    def teacher_of(self, candidate: str) -> TeacherSpec:
+        """The spec of the teacher a candidate comes from (itself, or the teacher of its checkpoint)."""
+        return self.teachers[self.candidates[candidate].teacher]
+
+    @property
+    def shared_scratch(self) -> str | None:
+        """Where teachers are a dimension (a teacher family, or checkpoints as teachers), scratch -- which
+        never sees a teacher -- is searched and confirmed once per student, under the first candidate;
+        this names it (None: scratch runs in every pair, as in any other study)."""
+        many = self.teacher_family is not None or any(t.checkpoints_as_teachers for t in self.teachers.values())
+        return next(iter(self.candidates)) if many and "scratch" in self.search.trials else None
+
+    def searches(self, teacher: str, method: str) -> bool:
+        """Whether `method` is searched (and confirmed) in `teacher`'s pairs: always, but for a shared scratch."""
+        return method != "scratch" or self.shared_scratch in (None, teacher)
 
 
 # ---------------------------------------------------------------------------------------- one trial
@@ -783,6 +935,8 @@ def _resolve_paths(study: Study, path: Path, origins: Origins | None = None) -> 
                 raise ConfigError(f"{origins.of(('teachers', name, 'path'))}: teachers.{name}.path: no such file "
                                   f"or folder {local}")
             t = t.model_copy(update={"path": local})
+            if t.checkpoints_as_teachers:
+                _need_snapshots(name, t, origins)
         teachers[name] = t
     students = {}
     for name, s in study.students.items():
@@ -796,6 +950,22 @@ def _resolve_paths(study: Study, path: Path, origins: Origins | None = None) -> 
         "task": task, "teachers": teachers, "students": students, "storage": storage,
         "search": study.search.model_copy(update={"space": space}),
     })
+
+
+def _need_snapshots(name: str, t: TeacherSpec, origins: Origins) -> None:
+    """checkpoints_as_teachers on a loaded teacher: its folder must be a teacher akd-ray prepared with at
+    least `checkpoints` training snapshots (`checkpoints/<k>/`); anything else is imported without them."""
+    loc = ("teachers", name, "checkpoints_as_teachers")
+    snapshots = Path(t.path) / "checkpoints"
+    held = sum(1 for d in snapshots.iterdir() if d.is_dir()) if snapshots.is_dir() else 0
+    if not (Path(t.path) / "teacher.json").exists() or held == 0:
+        raise ConfigError(f"{origins.of(loc)}: {field_name(loc)}: the loaded teacher {t.path} has no training "
+                          "snapshots (a folder akd-ray prepared, with checkpoints/<k>/); drop "
+                          "checkpoints_as_teachers or load a teacher akd-ray trained")
+    if held < t.checkpoints:
+        raise ConfigError(f"{origins.of(loc)}: {field_name(loc)}: the loaded teacher {t.path} holds {held} "
+                          f"snapshot(s), fewer than teachers.{name}.checkpoints = {t.checkpoints}; set checkpoints: "
+                          f"{held}")
 
 
 def _looks_local(p: str, base: Path | None = None) -> bool:

@@ -311,14 +311,15 @@ def plots(study: Study, rows: list[dict], table: list[Verdict], folder: Path) ->
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in study.search.methods:
         # scratch never sees a teacher: one curve, not one per teacher
-        for teacher in (study.teachers if method != "scratch" else [next(iter(study.teachers))]):
+        teachers = list(study.candidates)  # a teacher's early checkpoints are teachers of their own
+        for teacher in (teachers if method != "scratch" else teachers[:1]):
             pts = sorted({(v.student_parameters, 100 * v.methods[method].mean,
                            100 * (v.methods[method].high - v.methods[method].mean))
                           for v in table if (v.teacher == teacher or method == "scratch") and v.student_parameters
                           and v.methods[method].n})
             if pts:
                 x, y, err = zip(*pts)
-                label = NAMES[method] if method == "scratch" or len(study.teachers) == 1 else \
+                label = NAMES[method] if method == "scratch" or len(teachers) == 1 else \
                     f"{NAMES[method]} (teacher {teacher})"
                 ax.errorbar(x, y, yerr=[e if e == e else 0 for e in err], fmt="o-", capsize=3, label=label)
     marked = False
@@ -379,6 +380,11 @@ def write_report(study: Study, rows: list[dict], folder: Path, teachers: dict[st
         more, lines = capacity.write(study, rows, folder, quality)
         files += more
         text += "\n" + "\n".join(["capacity gap (see capacity.md, pareto_*.png):", *lines])
+    from akd_ray import teacher_verdict  # teachers as a dimension: the teacher x student map
+
+    more, lines = teacher_verdict.write(study, rows, folder, quality)
+    files += more
+    text += "\n" + "\n".join(lines) if lines else ""
     (folder / "summary.txt").write_text(text + "\n")
     files.append(folder / "summary.txt")
     return files

@@ -191,3 +191,23 @@ def prepare_assistant(assistant: ModelSpec, task: TaskSpec, recipe: TrainSpec, t
                       "model": TypeAdapter(ModelSpec).dump_python(assistant, mode="json")})
 
     return folder_once(assistant_folder(storage, assistant, task, recipe, teacher_dir, seed), _is_ready, train)
+
+
+# ---------------------------------------------------------------------------------------- checkpoints as teachers
+def prepare_snapshot_teacher(name: str, teacher_dir: Path, snapshot: int, storage: Path) -> Path:
+    """A teacher's training snapshot `snapshot` as a prepared teacher of its own (`name`, e.g.
+    `mlp-128-epoch10`): its weights (and, for GLUE, the teacher's tokenizer) in a folder with its own
+    teacher.json. Keyed by the snapshot's weight fingerprint, so its logits are cached once (the same
+    table Pro-KD reads for that snapshot) and a retrained teacher gives a new folder."""
+    source = checkpoint_dirs(teacher_dir)[snapshot]
+    fingerprint = teacher_info(teacher_dir)["snapshots"][snapshot]["fingerprint"]
+
+    def build(tmp: Path) -> None:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        for f in TOKENIZER_FILES:  # a GLUE teacher reads its own tokens (akd_ray.engine.tokenizer_of)
+            if (Path(teacher_dir) / f).exists() and not (tmp / f).exists():
+                shutil.copy2(Path(teacher_dir) / f, tmp / f)
+        _finish(tmp, {"name": name, "prepared": "snapshot", "teacher": str(teacher_dir), "snapshot": snapshot,
+                      "model": json.loads((tmp / SPEC_FILE).read_text())["spec"]})
+
+    return folder_once(Path(storage) / "teachers" / f"{name}-{fingerprint}", _is_ready, build)

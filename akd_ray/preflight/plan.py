@@ -107,7 +107,7 @@ def check(study: Study, address: str | None = None, machine: str = "refuse") -> 
                             f"`akd-ray tune {study.source} --address ray://<head>:10001` (or start one with "
                             "`ray up cluster.yaml` and submit `akd-ray tune` to it with `ray job submit`)")
     budget = budgets(study, space)
-    pairs = len(study.pairs)
-    confirm = pairs * study.search.confirm_seeds * len(study.search.methods)
-    return Plan(study, space, budget, pairs * sum(budget.values()), confirm, uri, tuple(downloads), tuple(notes),
+    groups = [(t, m) for t, _ in study.pairs for m in study.search.methods if study.searches(t, m)]  # shared scratch
+    confirm = len(groups) * study.search.confirm_seeds
+    return Plan(study, space, budget, sum(budget[m] for _, m in groups), confirm, uri, tuple(downloads), tuple(notes),
                 capacity, warnings=tuple(warnings))

@@ -20,7 +20,7 @@ import ray
 from ray import tune
 from ray.tune.search import Searcher
 
-from akd_ray import preflight, progress
+from akd_ray import preflight, progress, teacher_verdict
 from akd_ray.capacity import COST, smallest_within
 from akd_ray.config import Study
 from akd_ray.preflight import budgets
@@ -154,7 +154,7 @@ def register_best_students(study: Study, rows: list[dict], teacher_dirs: dict[st
     task = None
     for v in verdicts:
         done = [r for r in rows if (r["teacher"], r["student"], r["method"]) == (v.teacher, v.student, v.best)
-                and r["checkpoint"]]
+                and r["checkpoint"] and not r.get("shared_from")]  # a shared scratch: registered in its own pair
         if not done:
             continue
         best = max(done, key=lambda r: r[METRIC])
@@ -176,19 +176,19 @@ def search(study: Study, space, teacher_dirs: dict[str, Path], callback, max_con
         return _search_phase(study, space, "search", teacher_dirs, callback, max_concurrent, signals)
     (first, full), (second, own) = phases
     rows = _search_phase(first, full, "search-recipe", teacher_dirs, callback, max_concurrent, signals)
-    fixed = recipe_of(rows, shared_knobs(study, space))
+    fixed = recipe_of(rows, shared_knobs(study, space), study)
     return rows + _search_phase(second, own, "search", teacher_dirs, callback, max_concurrent, signals, fixed)
 
 
 def _search_phase(study: Study, space, phase: str, teacher_dirs: dict[str, Path], callback, max_concurrent: int,
                   signals: Signals, fixed: dict | None = None) -> list[dict]:
     budget = budgets(study, space)
-    total = sum(budget.values()) * len(study.pairs)
+    groups = {f"{t}->{s}|{m}": n for t, s in study.pairs for m, n in budget.items() if study.searches(t, m)}
+    total = sum(groups.values())
     if not total:
         return []
     return trial_rows(run_phase(study, phase, lambda: searcher_for(study, space, optuna_storage(study), fixed), total,
-                                teacher_dirs, [callback, progress.ProgressCallback(phase, {
-                                    f"{t}->{s}|{m}": n for t, s in study.pairs for m, n in budget.items()})],
+                                teacher_dirs, [callback, progress.ProgressCallback(phase, groups)],
                                 max_concurrent, signals))
 
 
@@ -202,7 +202,10 @@ def race(study: Study, rows: list[dict], quality: dict, teacher_dirs: dict[str, 
 
     new: list[dict] = []
     for k in range(2, 1 + len(planned_looks(study))):
-        points = racing_points(study, reports.verdicts(study, rows + new, quality))
+        # a shared scratch (searched once per student) is every pair's floor; it races in its own pair only
+        shared = teacher_verdict.share_scratch(study, rows + new)
+        points = [p for p in racing_points(study, reports.verdicts(study, shared, quality))
+                  if study.searches(p["teacher"], p["method"])]
         if not points:
             break
         tracker.phase(f"confirm-{k}")
@@ -234,6 +237,26 @@ def tau_points(study: Study, space, verdicts: list) -> list[dict]:
                 points += [{"teacher": v.teacher, "student": v.student, "method": v.best, "phase": TAU_PHASE,
                             "seed": s, **params, "tau_max": t} for s in sorted(r.seeds)]
     return points
+
+
+def register_picked_teachers(study: Study, rows: list[dict], teacher_dirs: dict[str, Path], callback,
+                             choices: list) -> None:
+    """Each student's best run (by validation) of the picked teacher and method, as the registered
+    model `<study>-<student>` (akd_ray.teacher_verdict; scratch where no teacher helps)."""
+    from akd_ray import tracking
+    from akd_ray.tasks import load_task
+    from akd_ray.tracking.registry import student_model_name
+
+    for c in choices:
+        done = [r for r in rows if r["student"] == c.student and r["method"] == c.method and r["checkpoint"]
+                and (c.teacher is None or r["teacher"] == c.teacher) and not r.get("shared_from")]
+        best = max(done, key=lambda r: r[METRIC]) if done else None
+        run_id = callback.run_id(best["trial_id"]) if best else None
+        if run_id is None:
+            continue
+        tracking.register_best(study, (best["teacher"], c.student), run_id, Path(best["checkpoint"]) / STUDENT_DIR,
+                               load_task(study.task, str(teacher_dirs[best["teacher"]])), pick=c.as_verdict(),
+                               name=student_model_name(study.name, c.student))
 
 
 @dataclass
@@ -300,7 +323,7 @@ def run_study(study: Study, address: str | None = None, say: Callable[[str], Non
                                          [callback, progress.ProgressCallback("confirm", progress.budgets_of(points))],
                                          max_concurrent, signals))
             rows += race(study, rows, quality, teacher_dirs, callback, tracker, max_concurrent, signals)
-            taus = tau_points(study, space, reports.verdicts(study, rows, quality))
+            taus = tau_points(study, space, reports.verdicts(study, teacher_verdict.share_scratch(study, rows), quality))
             if taus:
                 tracker.phase("confirm-tau")
                 rows += trial_rows(run_phase(study, "confirm-tau", lambda: Points(taus), len(taus), teacher_dirs,
@@ -309,6 +332,7 @@ def run_study(study: Study, address: str | None = None, say: Callable[[str], Non
                                              max_concurrent, signals))
         signals.stage = "the report (every trial had finished)"
         tracker.phase("report")
+        rows = teacher_verdict.share_scratch(study, rows)  # a shared scratch joins every pair of its student
         files = reports.write_report(study, rows, layout.report, quality)  # local first: never lost to MLflow
         if callback.flush():
             raise tracking.TrackingError(
@@ -318,6 +342,11 @@ def run_study(study: Study, address: str | None = None, say: Callable[[str], Non
         if study.mlflow.register_best:
             register_best_students(study, rows, teacher_dirs, callback, verdicts)
         tracking.log_picks(parent, verdicts)
+        choices = teacher_verdict.choose_teachers(study, rows, quality)
+        if choices:
+            if study.mlflow.register_best:
+                register_picked_teachers(study, rows, teacher_dirs, callback, choices)
+            tracking.log_teacher_choices(parent, choices)
         tracking.log_report(parent, files, verdicts)
         tracking.finish_study(parent)
         progress.stop("done")

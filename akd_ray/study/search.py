@@ -44,6 +44,8 @@ class PairedSearch(Resumable):
         self.owner: dict[str, tuple[str, str, str]] = {}
         for i, (teacher, student) in enumerate(study.pairs):
             for j, method in enumerate(study.search.methods):
+                if not study.searches(teacher, method):  # a shared scratch: once per student
+                    continue
                 params = space.for_method(method)
                 warm = [{k: v for k, v in p.items() if k in params} for p in study.search.warm_start]
                 key = (teacher, student, method)
@@ -170,14 +172,18 @@ def recipe_phases(study: Study, space: Space) -> tuple[tuple[Study, Space], tupl
     return (first, space), (second, own)
 
 
-def recipe_of(rows: list[dict], shared: tuple[str, ...]) -> dict[tuple[str, str], dict]:
-    """Per pair, the shared knobs' values of scratch's best finished search trial (by validation)."""
+def recipe_of(rows: list[dict], shared: tuple[str, ...], study: Study | None = None) -> dict[tuple[str, str], dict]:
+    """Per pair, the shared knobs' values of scratch's best finished search trial (by validation). Where
+    scratch is searched once per student (`study.shared_scratch`), every pair of that student takes its recipe."""
     best: dict[tuple[str, str], dict] = {}
     for r in rows:
         if r["method"] == "scratch" and r["phase"] == "search" and r.get("finished"):
             key = (r["teacher"], r["student"])
             if key not in best or r[METRIC] > best[key][METRIC]:
                 best[key] = r
+    holder = study.shared_scratch if study is not None else None
+    if holder is not None:
+        best.update({(t, s): best[(holder, s)] for t, s in study.pairs if (t, s) not in best and (holder, s) in best})
     return {k: {n: r["params"][n] for n in shared if n in r["params"]} for k, r in best.items()}
 
 

@@ -25,10 +25,20 @@ def prepare_teachers(study: Study) -> dict[str, Path]:
                                                           on_epoch=progress.TeacherEpochs(files[name], spec.train.epochs))
             for name, spec in study.teachers.items()}
     dirs = progress.wait_teachers(refs, files)
+    dirs.update(prepare_candidates(study, dirs))
     if "takd" in study.search.trials:
         ray.get([_as_task(study, prepare_assistant).remote(study.assistant, study.task, study.assistant_train or study.train, d,
                                   Layout.of(study).root, study.seed) for d in dirs.values()])
     return dirs
+
+
+def prepare_candidates(study: Study, dirs: dict[str, Path]) -> dict[str, Path]:
+    """Each early checkpoint a study names as a candidate teacher (`<teacher>-epoch<e>`), as a prepared
+    teacher folder of its own: a copy of the snapshot's weights, done once (no training, so no Ray task)."""
+    from akd_ray.teacher import prepare_snapshot_teacher
+
+    return {name: prepare_snapshot_teacher(name, dirs[c.teacher], c.snapshot, Layout.of(study).root)
+            for name, c in study.candidates.items() if c.snapshot is not None}
 
 
 def _as_task(study: Study, fn: Callable):
@@ -47,7 +57,7 @@ def assess_teacher(folder: Path, task_spec: TaskSpec, cache_dir: Path | None = N
     device = pick_device(TrainSpec())
     model = load_model(folder, task, device)
     fp32 = torch.autocast(device.type, enabled=False)
-    out: dict[str, Any] = {"metric": task.metric}
+    out: dict[str, Any] = {"metric": task.metric, "parameters": sum(p.numel() for p in model.parameters())}
     for name, split in (("val", task.val), ("test", task.test)):
         out[name] = evaluate(model, task, split, device, 512, fp32)[task.metric]
         out[f"majority_{name}"] = majority_baseline(task, split)
@@ -64,7 +74,9 @@ def check_teachers(study: Study, quality: dict[str, dict[str, Any]]) -> None:
     """Stop before the search when a teacher is not clearly better than predicting the majority class:
     searching temperatures for such a teacher distils noise."""
     for name, q in quality.items():
-        margin = study.teachers[name].min_margin
+        if study.candidates[name].snapshot is not None:  # an early checkpoint may be weak: the verdict weighs it
+            continue
+        margin = study.teacher_of(name).min_margin
         if margin is not None and q["val"] < q["majority_val"] + margin:
             raise StudyStopped(
                 f"{study.source}: teachers.{name}: validation {q['metric']} {100 * q['val']:.1f} is not clearly "

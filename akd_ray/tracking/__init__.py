@@ -8,7 +8,10 @@
                pair), the verdict as its description, the registered model's URI
     trial   -> child run (`mlflow.parentRunId`, `akd.trial_id`): config as params,    callback.py
                per-epoch metrics at step = epoch, FINISHED / FAILED / KILLED
+    which   -> a run `<student> ← which teacher` per student (teachers as a dimension):  teacher_runs.py
+               the teacher verdict's pick, with the pair runs' names, so the pair view lists it
     best    -> registered model `<study>-<teacher>-<student>`, alias `best`         registry.py
+               (and `<study>-<student>`: the student of the picked teacher and method)
                a pyfunc on raw inputs that loads without Ray                       student.py
     where   -> tracking URI, reachability, batched writes, fail-fast HTTP           store.py
     the UI  -> the pair view saved on the experiment, the address that opens it     ui.py
@@ -29,10 +32,11 @@ from akd_ray.tracking.store import (ALIAS, ERROR_TAG, OUTCOME_TAG, PAIR_TAG, STU
 from akd_ray.tracking.student import StudentModel, load_student, text_columns
 from akd_ray.tracking.study_run import (code_version, finish_study, log_picks, log_report, log_teachers, pair_run,
                                         start_study)
+from akd_ray.tracking.teacher_runs import log_teacher_choices
 
 __all__ = ["ALIAS", "ERROR_TAG", "OUTCOME_TAG", "PAIR_TAG", "STUDY_RUN_TAG", "STUDY_TAG", "TRIAL_TAG", "MlflowCallback", "StudentModel",
            "TrackingError", "callback_env", "check_reachable", "client_for", "code_version", "env_defaults",
-           "finish_study", "load_student", "log_picks", "log_report", "pair_run", "log_teachers", "model_name", "register_best",
+           "finish_study", "load_student", "log_picks", "log_teacher_choices", "log_report", "pair_run", "log_teachers", "model_name", "register_best",
            "start_study", "study_dir", "text_columns", "tracking_uri"]
 
 

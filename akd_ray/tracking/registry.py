@@ -33,16 +33,26 @@ mlflow.models.set_model(StudentModel())
 
 def model_name(study: str, teacher: str, student: str) -> str:
     """The registered model of a pair: `<study>-<teacher>-<student>`, in characters every registry takes."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{study}-{teacher}-{student}")
+    return _registry_safe(f"{study}-{teacher}-{student}")
+
+
+def _registry_safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def student_model_name(study: str, student: str) -> str:
+    """The registered model of a student's "which teacher" pick (akd_ray.teacher_verdict): `<study>-<student>`."""
+    return _registry_safe(f"{study}-{student}")
 
 
 def register_best(study: Study, pair: tuple[str, str], run_id: str, checkpoint_dir: Path,
-                  task: TaskData | TaskSpec | None = None, pick=None):
+                  task: TaskData | TaskSpec | None = None, pick=None, name: str | None = None):
     """Log the pair's best student into its trial's run as a pyfunc and register it, alias `best`.
 
     `checkpoint_dir` is the student folder (`model.json` inside) or a trial checkpoint holding
     `student/`. `task` (TaskData: real inputs; default the study's task) makes the input example.
     `pick` (the pair's akd_ray.verdict.Verdict) goes on the version as tags and its description.
+    `name`: the registered model's name (default `model_name` of the pair).
     Returns the ModelVersion; `mlflow.pyfunc.load_model("models:/<name>@best")` predicts with it.
     """
     folder = Path(checkpoint_dir)
@@ -51,7 +61,7 @@ def register_best(study: Study, pair: tuple[str, str], run_id: str, checkpoint_d
     if not (folder / SPEC_FILE).exists():
         raise FileNotFoundError(f"{checkpoint_dir}: no saved student ({SPEC_FILE}, or {STUDENT_ARTIFACT}/{SPEC_FILE})")
     teacher, student = pair
-    name = model_name(study.name, teacher, student)
+    name = name or model_name(study.name, teacher, student)
     uri = tracking_uri(study)
     mlflow.set_tracking_uri(uri)
     client = client_for(uri)

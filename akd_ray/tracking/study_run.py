@@ -200,13 +200,15 @@ def _signed(x: float) -> str:
     return "n/a" if x != x else f"{100 * x:+.2f}"
 
 
-def _registered(client: MlflowClient, study_name: str, teacher: str, student: str) -> str | None:
-    """`models:/<name>/<version>` of the pair's registered best student, None if there is none."""
+def _registered(client: MlflowClient, study_name: str, teacher: str | None, student: str,
+                name: str | None = None) -> str | None:
+    """`models:/<name>/<version>` of the pair's registered best student (or the model `name`), None if
+    there is none."""
     from mlflow.exceptions import MlflowException
 
     from akd_ray.tracking.registry import model_name
 
-    name = model_name(study_name, teacher, student)
+    name = name or model_name(study_name, teacher, student)
     try:
         version = client.get_model_version_by_alias(name, ALIAS)
     except MlflowException:
