@@ -41,11 +41,12 @@ class Difference(NamedTuple):
     pvalue: float
     n: int  # seeds paired
     test: str
+    floor: float = 0.0  # crossed_interval: the variance of the estimate that more seeds do not shrink (the examples')
 
 
 class Power(NamedTuple):
     power: float  # at the seeds given
-    seeds_needed: int | None  # the fewest seeds reaching the target power; None: not within the cap
+    seeds_needed: int | None  # the fewest seeds reaching the target power; None: not within the cap; 0: never
 
 
 class Holm(NamedTuple):
@@ -260,34 +261,43 @@ def crossed_interval(pred_a, labels, metric: str, pred_b=None, level: float = LE
     half = special.stdtrit(df, (1 + level) / 2) * se  # Student's t quantile (scipy.special: no per-call overhead)
     p = float(2 * special.stdtr(df, -abs(estimate) / se))
     low, high = bounded(float(estimate - half), float(estimate + half), metric, difference=b is not None)
-    return Difference(estimate, low, high, p, seeds, CROSSED)
+    return Difference(estimate, low, high, p, seeds, CROSSED, floor=max(v_ex - v_err, 0.0))
 
 
 def seeds_for_power(differences, effect: float | None = None, power: float = 0.8, alpha: float = 1 - LEVEL,
-                    cap: int = 1_000) -> Power:
+                    cap: int = 1_000, floor: float = 0.0) -> Power:
     """How many seeds a two-sided paired t-test at `alpha` needs to tell a difference `effect`
     (default: the observed mean of `differences`) from 0 with probability `power`, taking the seed
     standard deviation s_d of the observed paired `differences` as the truth:
 
-        power(n) = P(|T| > t_{1-α/2, n-1}),  T ~ noncentral t(n-1, δ = effect·sqrt(n)/s_d)
+        power(n) = P(|T| > t_{1-α/2, n-1}),  T ~ noncentral t(n-1, δ = effect / sqrt(s_d²/n + floor))
 
-    (scipy.stats.nct). Returns the power at the observed number of seeds and the fewest n ≥ 2 reaching
-    `power` (None when not within `cap`, or with no spread to judge by). Reference: Cohen (1988),
-    Statistical Power Analysis, ch. 2; statsmodels' TTestPower computes the same.
+    (scipy.stats.nct). `floor` is the part of the estimate's variance that more seeds do not shrink --
+    the evaluation set's own noise (crossed_interval's example term; 0: a test over seeds alone, the
+    textbook δ = effect·sqrt(n)/s_d). With a floor, power has a ceiling: an effect the evaluation set
+    cannot resolve is never reached, however many seeds. Returns the power at the observed number of
+    seeds and the fewest n ≥ 2 reaching `power`: 0 when no number of seeds can (with a floor, the power
+    with infinitely many seeds is Φ(|δ∞| − z) + Φ(−|δ∞| − z), δ∞ = effect / sqrt(floor), z = z_{1-α/2}),
+    None when more than `cap` would, or with no spread to judge by. Reference: Cohen (1988), Statistical Power Analysis, ch. 2; statsmodels' TTestPower computes the
+    floor-free case.
     """
     d = np.asarray(differences, dtype=float)
     if len(d) < 2:
         return Power(math.nan, None)
     sd = float(d.std(ddof=1))
     effect = float(d.mean()) if effect is None else float(effect)
-    if sd == 0 or effect == 0:
+    if (sd == 0 and floor <= 0) or effect == 0:
         return Power(math.nan, None)
 
     def at(n):
         crit = sps.t.ppf(1 - alpha / 2, n - 1)
-        nc = abs(effect) * np.sqrt(n) / sd
+        nc = abs(effect) / np.sqrt(sd ** 2 / n + floor)
         return sps.nct.sf(crit, n - 1, nc) + sps.nct.cdf(-crit, n - 1, nc)
 
+    if floor > 0:
+        z, big = sps.norm.ppf(1 - alpha / 2), abs(effect) / math.sqrt(floor)
+        if sps.norm.cdf(big - z) + sps.norm.cdf(-big - z) < power:  # the evaluation set alone hides it
+            return Power(float(at(len(d))), 0)
     ns = np.arange(2, cap + 1)
     powers = at(ns)
     reach = np.flatnonzero(powers >= power)

@@ -337,7 +337,7 @@ def judge(study: Study, teacher: str, student: str, rows: list[dict],
                 f"{NAMES[best]}, the cheapest of them, is recommended")
         if best == "scratch" and not missing:
             text += ": distillation does not clearly help this pair"
-        verdict.seeds_needed = seeds_needed(common, top, [m for m in verdict.tied if m != top], alpha)
+        verdict.seeds_needed = seeds_needed(common, top, [m for m in verdict.tied if m != top], alpha, on_val)
     if fewest >= MIN_SEEDS:
         verdict.stop = "decided" if len(verdict.tied) == 1 else "cap" if fewest >= looks[-1] else ""
     verdict.text = text + _test_line(verdict)
@@ -412,17 +412,19 @@ def racing_points(study: Study, verdicts: list[Verdict]) -> list[dict]:
     return points
 
 
-def seeds_needed(results: dict[str, MethodResult], top: str, others: list[str], alpha: float
-                 ) -> dict[str, tuple[int | None, int | None]]:
+def seeds_needed(results: dict[str, MethodResult], top: str, others: list[str], alpha: float,
+                 on_val: dict[str, stats.Difference] | None = None) -> dict[str, tuple[int | None, int | None]]:
     """Per method tied with the leader: the seeds a paired t-test on validation at `alpha` needs for 80%
     power (stats.seeds_for_power, the observed paired spread taken as the truth), to tell the observed
-    difference apart and to tell a 1-point difference apart."""
+    difference apart and to tell a 1-point difference apart. Where the decision counted the validation
+    set's own noise (`on_val`: crossed_interval's example term), that part does not shrink with seeds and
+    bounds the power: None then means no number of seeds would tell (a larger validation set would)."""
     out = {}
     for m in others:
         a, b = _paired(results[top], results[m], "val_best")
         d = np.subtract(a, b)
-        out[m] = (stats.seeds_for_power(d, alpha=alpha).seeds_needed,
-                  stats.seeds_for_power(d, effect=0.01, alpha=alpha).seeds_needed)
+        floor = on_val[m].floor if on_val and m in on_val else 0.0
+        out[m] = tuple(stats.seeds_for_power(d, effect=e, alpha=alpha, floor=floor).seeds_needed for e in (None, 0.01))
     return out
 
 
@@ -435,12 +437,20 @@ def _seeds_line(study: Study, v: Verdict) -> str:
     text = f"confirmation seeds: {seeds}{' (' + why + ')' if why else ''}"
     parts = []
     for m, (observed, one) in v.seeds_needed.items():
-        o = f"{observed} seeds" if observed else "more than 1,000 seeds"
-        p = f"{one} seeds" if one else "more than 1,000 seeds"
+        if observed == 0 and one == 0:
+            parts.append(f"{NAMES[m]}: no number of seeds would tell the observed difference or a 1-point one apart "
+                         f"(80% power): the validation set's own noise hides them; a larger validation set would tell")
+            continue
+        o, p = _seeds_text(observed), _seeds_text(one)
         parts.append(f"{NAMES[m]}: {o} would tell the observed difference apart, {p} a 1-point one (80% power)")
     if parts:
         text += "; " + "; ".join(parts)
     return text
+
+
+def _seeds_text(n: int | None) -> str:
+    return (f"{n} seeds" if n else "more than 1,000 seeds" if n is None else
+            "no number of seeds (the validation set's noise hides it)")
 
 
 def _test_line(v: Verdict) -> str:

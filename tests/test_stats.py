@@ -197,6 +197,30 @@ def test_seeds_for_power_matches_the_textbook_one_sample_t():
     assert stats.seeds_for_power([1.0, 1.0, 1.0]).seeds_needed is None  # no spread: nothing to judge by
 
 
+def test_seeds_for_power_with_the_evaluation_sets_noise_as_a_floor():
+    """A floor (variance more seeds do not shrink) asks for more seeds, and none at all once the
+    evaluation set alone hides the effect: at infinitely many seeds the test is a z-test of
+    effect / sqrt(floor), whose power stays below 80% when that ratio is under z_0.975 + z_0.8 = 2.80."""
+    d = np.array([0.0, 1.0, 2.0])  # mean 1, SD 1: 10 seeds without a floor
+    small = stats.seeds_for_power(d, floor=0.01)
+    assert small.seeds_needed > 10
+    assert small.power < stats.seeds_for_power(d).power  # the same 3 seeds have less power with the floor
+    assert stats.seeds_for_power(d, floor=(1 / 2.7) ** 2).seeds_needed == 0  # 1 / sqrt(floor) = 2.7 < 2.80
+    assert stats.seeds_for_power(d, floor=(1 / 3.2) ** 2).seeds_needed > 10  # 3.2 > 2.80: reachable
+    # no seed spread but a floor: judged by the floor alone
+    assert stats.seeds_for_power([1.0, 1.0, 1.0], floor=1.0).seeds_needed == 0
+
+
+def test_crossed_interval_reports_the_examples_variance_as_its_floor():
+    """The floor is the examples' term the seeds do not average away: identical seeds leave only it."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    a = np.stack([np.where(rng.random(400) < 0.8, y, 1 - y)] * 3)  # 3 identical seeds: no seed noise
+    d = stats.crossed_interval(a, y, "accuracy")
+    hits = (a[0] == y).astype(float)
+    assert d.floor == pytest.approx(hits.var(ddof=1) / len(y), rel=1e-9)  # the test set's binomial variance
+
+
 def test_racing_looks_double_up_to_the_cap():
     assert stats.racing_looks(3, 10) == [3, 6, 10]
     assert stats.racing_looks(3, 8) == [3, 6, 8]
