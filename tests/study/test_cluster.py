@@ -223,7 +223,9 @@ def small_study(tmp_path: Path, tracking_uri: str, trials: dict[str, int], **ext
         "teachers": {"mlp-64": {"model": {"kind": "mlp", "hidden": [64]}, "train": {"epochs": 4, "lr": 0.01}}},
         "students": {"mlp-8": {"kind": "mlp", "hidden": [8]}},
         "train": {"epochs": EPOCHS, "stage1_fraction": 0.5, "schedule": "cosine", "tau_max": 2, "lr": 0.01},
-        "search": {"space": "space.yaml", "trials": trials, "confirm_seeds": 0, **extra.pop("search", {})},
+        # shared: [] -- every method searches its own knobs in one phase, so the faults below meet the trials
+        # of all three methods running at once (a shared recipe would run scratch's search first, alone)
+        "search": {"space": "space.yaml", "trials": trials, "confirm_seeds": 0, "shared": [], **extra.pop("search", {})},
         "storage": str(tmp_path / "results"),  # on the disk every node of this cluster shares
         "mlflow": {"tracking_uri": tracking_uri, "register_best": False},
         "seed": 3,

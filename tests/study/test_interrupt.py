@@ -100,4 +100,4 @@ def test_a_teacher_at_chance_level_stops_the_study_before_the_search(tmp_path):
     assert not (storage / "quickstart/tune/search").exists()
     (parent,), pairs, children = mlflow_runs(storage)
     assert parent.info.status == "FAILED" and not pairs and not children
-    assert parent.data.metrics["teacher.mlp-256x2.val"] < 0.2
+    assert parent.data.metrics["teacher.mlp-256x2.val"] < 20  # points: about 10 on ten balanced classes
