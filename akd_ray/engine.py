@@ -460,8 +460,10 @@ def run_distillation(run: RunConfig, on_epoch: EpochCallback | None = None, resu
     broadcast_state(best)
     test_logits = predict(best, task, task.test, device, train.eval_batch_size, autocast)
     test = evaluate(best, task, task.test, device, train.eval_batch_size, autocast, test_logits)
+    # predict() gathers across ranks, so under DDP every rank runs it, though only the chief saves the file
+    val_logits = (predict(best, task, task.val, device, train.eval_batch_size, autocast)
+                  if predictions_file is not None or (dist.is_available() and dist.is_initialized()) else None)
     if predictions_file is not None and is_chief():
-        val_logits = predict(best, task, task.val, device, train.eval_batch_size, autocast)
         save_predictions(predictions_file, test_logits, task.test.labels, task.is_regression, val_logits,
                          task.val.labels)
     result = {"best_epoch": state["best_epoch"], "best_stage": state["best_stage"], "val_best": state["best"],
