@@ -155,8 +155,9 @@ def test_status_mid_run_and_after_on_a_terminal(tmp_path):
         "name": "tiny", "task": {"name": "digits"},
         "teachers": {"big": {"model": {"kind": "mlp", "hidden": [64]}, "train": {"epochs": 3, "lr": 0.01}}},
         "students": {"small": {"kind": "mlp", "hidden": [8]}},
+        # shared: [] -- one search phase, so the status shows every method's group while scratch's trial waits
         "train": {"epochs": 6}, "search": {"space": "space.yaml", "trials": {"scratch": 1, "kd": 1, "annealing": 2},
-                                           "confirm_seeds": 0},
+                                           "confirm_seeds": 0, "shared": []},
         "resources": {"max_concurrent": 1}, "storage": "results"}))
     faults = tmp_path / "faults"
     faults.mkdir()

@@ -164,7 +164,7 @@ def test_a_shared_scratch_joins_every_pair_once(study):
                     and r["phase"] == "confirm"]) == pytest.approx(0.90 + np.mean(NOISE))
 
 
-def test_mlflow_has_one_which_teacher_run_per_student_in_the_pair_view(study, tmp_path):
+def test_mlflow_has_one_which_teacher_run_per_student_in_the_pair_view(study, tmp_path, monkeypatch):
     """`<student> ← which teacher` runs beside the pair runs (the pair view's filter finds them), the pick's
     columns in points, the verdict and one row per candidate as the description, the registered student
     `<study>-<student>` described by the pick."""
@@ -178,6 +178,8 @@ def test_mlflow_has_one_which_teacher_run_per_student_in_the_pair_view(study, tm
     from akd_ray.tracking.ui import PAIR_FILTER, VIEW_TAG
 
     study = study.model_copy(update={"storage": tmp_path / "storage"})
+    # the store this test writes, restored afterwards: tracking exports the URI for Ray's workers
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'storage' / 'mlflow.db'}")
     rows = student_rows("small", {"t-512-epoch10": 0.95}) + student_rows("tiny", {}, scratch=0.97)
     choices = [choose_teacher(study, s, rows, QUALITY) for s in ("small", "tiny")]
     digits = load_digits_task(study.task)
