@@ -45,8 +45,10 @@ def test_the_ui_address_shows_each_pairs_answer_and_its_certainty_on_the_first_s
     except ImportError:
         _need(False, "no playwright (pip install playwright)")
     port = __import__("conftest").free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the store the study wrote, as it ran
     ui = subprocess.Popen([sys.executable, "-m", "akd_ray.cli", "ui", str(finished_study.study), "--port", str(port)],
-                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                          env=env)
     printed = []
     try:
         url = None
