@@ -12,7 +12,6 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import requests
 from mlflow.entities import Metric

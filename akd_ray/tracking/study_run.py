@@ -111,8 +111,6 @@ def log_picks(parent_run_id: str, verdicts: list) -> None:
 
     Sorted or filtered in the runs table, the pair runs *are* the study's answer.
     """
-    from akd_ray.verdict import describe
-
     client = client_for()
     study_name = client.get_run(parent_run_id).data.tags.get(STUDY_TAG, "")
     for v in verdicts:
